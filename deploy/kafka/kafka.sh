@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Embedded single-node Apache Kafka (KRaft) for development, tests and benchmarks.
+#   kafka.sh fetch               download the pinned jars (pom.xml) into lib/ with Maven
+#   kafka.sh start [DATA_DIR]    format storage if new, start on 127.0.0.1:$KAFKA_PORT, wait until ready
+#   kafka.sh stop  [DATA_DIR]    stop the broker started from DATA_DIR, by its own PID
+# Environment: KAFKA_PORT (default 9092), KAFKA_CONTROLLER_PORT (default KAFKA_PORT+1000),
+#              KAFKA_HEAP (default 512m), KAFKA_START_TIMEOUT seconds (default 90).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cmd="${1:-}"
+data="${2:-$here/data}"
+port="${KAFKA_PORT:-9092}"
+cport="${KAFKA_CONTROLLER_PORT:-$((port + 1000))}"
+pidfile="$data/broker.pid"
+
+fetch() {
+  if [ -f "$here/lib/.complete" ]; then return; fi
+  command -v mvn >/dev/null || { echo "kafka.sh: Maven (mvn) is not installed: apt-get install maven" >&2; exit 2; }
+  command -v java >/dev/null || { echo "kafka.sh: Java 17 is not installed: apt-get install openjdk-17-jre-headless" >&2; exit 2; }
+  echo "kafka.sh: fetching Apache Kafka jars from Maven Central (pom.xml)" >&2
+  if ! mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies >"$here/.fetch.log" 2>&1; then
+    cat "$here/.fetch.log" >&2
+    echo "kafka.sh: Maven could not fetch the broker (see above); no other broker is substituted" >&2
+    exit 3
+  fi
+  touch "$here/lib/.complete"
+}
+
+java_run() { java -Xms128m -Xmx"${KAFKA_HEAP:-512m}" -Dorg.slf4j.simpleLogger.defaultLogLevel=warn \
+  -Dorg.slf4j.simpleLogger.logFile=System.err -cp "$here/lib/*" "$@"; }
+
+running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+
+start() {
+  fetch
+  mkdir -p "$data"
+  if running; then echo "kafka.sh: already running (pid $(cat "$pidfile")) on port $(cat "$data/port")" >&2; return; fi
+  cat >"$data/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$data/logs
+num.partitions=4
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+log.retention.hours=168
+PROPS
+  if [ ! -f "$data/logs/meta.properties" ]; then
+    java_run kafka.tools.StorageTool format -t "$(java_run kafka.tools.StorageTool random-uuid)" \
+      -c "$data/server.properties" >"$data/format.log" 2>&1 || { cat "$data/format.log" >&2; exit 4; }
+  fi
+  nohup java -Xms256m -Xmx"${KAFKA_HEAP:-512m}" -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -cp "$here/lib/*" kafka.Kafka "$data/server.properties" \
+    >"$data/broker.log" 2>&1 &
+  echo $! >"$pidfile"
+  echo "$port" >"$data/port"
+  local deadline=$((SECONDS + ${KAFKA_START_TIMEOUT:-90}))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+    if ! running; then tail -30 "$data/broker.log" >&2; echo "kafka.sh: broker exited during start" >&2; exit 5; fi
+    if [ $SECONDS -ge $deadline ]; then tail -30 "$data/broker.log" >&2; stop; echo "kafka.sh: broker not ready in time" >&2; exit 6; fi
+    sleep 0.3
+  done
+  echo "kafka.sh: broker pid $(cat "$pidfile") listening on 127.0.0.1:$port (data $data)" >&2
+}
+
+stop() {
+  running || { rm -f "$pidfile"; return 0; }
+  local pid; pid="$(cat "$pidfile")"
+  kill "$pid"
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+  kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+  rm -f "$pidfile"
+  echo "kafka.sh: broker pid $pid stopped" >&2
+}
+
+case "$cmd" in
+  fetch) fetch ;;
+  start) start ;;
+  stop) stop ;;
+  *) echo "usage: kafka.sh fetch | start [DATA_DIR] | stop [DATA_DIR]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,74 @@
+"""Create the gate's topics up front, and refuse to run on co-partitioned topics that disagree."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from streams.topology import TopicSpec, Topology
+
+
+class TopologyError(RuntimeError):
+    pass
+
+
+async def _describe_partitions(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    described = await admin.describe_topics(names)
+    return {item["topic"]: len(item["partitions"]) for item in described if item.get("error_code", 0) == 0}
+
+
+async def ensure_topics(bootstrap: str, topo: Topology, replication_factor: int = 1) -> list[str]:
+    """Create missing topics; return the names created. Raises TopologyError on a partition mismatch."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        specs = topo.all()
+        missing = [spec for spec in specs if spec.name not in existing]
+        created: list[str] = []
+        if missing:
+            try:
+                await admin.create_topics([_new_topic(spec, replication_factor) for spec in missing])
+            except TopicAlreadyExistsError:
+                pass  # a concurrent creator won the race; the partition check below still applies
+            created = [spec.name for spec in missing]
+        await _wait_for_metadata(admin, [spec.name for spec in specs])
+        actual = await _describe_partitions(admin, [spec.name for spec in specs if spec.copartitioned])
+        wrong = {
+            spec.name: actual.get(spec.name)
+            for spec in specs
+            if spec.copartitioned and actual.get(spec.name) != spec.partitions
+        }
+        if wrong:
+            raise TopologyError(
+                "co-partitioned topics must all have WAGATE_PARTITIONS="
+                f"{topo.inbound.partitions} partitions, found {wrong}: set WAGATE_PARTITIONS to match, "
+                "or use a new WAGATE_TOPIC_PREFIX"
+            )
+        return created
+    finally:
+        await admin.close()
+
+
+def _new_topic(spec: TopicSpec, replication_factor: int) -> NewTopic:
+    configs = {"cleanup.policy": "compact"} if spec.compacted else {}
+    return NewTopic(
+        name=spec.name,
+        num_partitions=spec.partitions,
+        replication_factor=replication_factor,
+        topic_configs=configs,
+    )
+
+
+async def _wait_for_metadata(admin: AIOKafkaAdminClient, names: list[str], timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        found = await _describe_partitions(admin, names)
+        if all(found.get(name) for name in names):
+            return
+        if loop.time() > deadline:
+            raise TopologyError(f"topics not visible after {timeout:.0f} s: {sorted(set(names) - set(found))}")
+        await asyncio.sleep(0.2)

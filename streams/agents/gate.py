@@ -1,0 +1,180 @@
+"""The thin wiring between Kafka records and the policy.
+
+Delivery discipline (at-least-once, nothing lost): every output record -- decision, dead letter,
+re-partitioned stray, state changelog -- is handed to the Kafka producer (``await`` until it sits in
+the producer's buffer) before the agent takes the next event, which is what acks this one. Faust
+flushes the producer before it commits offsets, so no offset is committed past a record whose
+outputs are not on the broker. A delivery that fails for good crashes the worker instead of
+committing past it.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from faust.types import AppT, EventT, TableT
+
+from streams.metrics import GateMetrics
+from streams.models import DeadLetter, Decision
+from streams.policy.decide import decide, decide_invalid
+from streams.policy.keys import contact_key, partition_for, request_contact_key
+from streams.policy.parse import InvalidPayload, parse_inbound_event, parse_send_request
+from streams.policy.rules import WindowRules
+from streams.policy.window import ContactState, apply_inbound
+from streams.topology import Topology
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+def _text_or_b64(raw: bytes | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii")
+
+
+class Gate:
+    def __init__(
+        self,
+        app: AppT,
+        topo: Topology,
+        table: TableT[bytes, bytes],
+        rules: WindowRules,
+        metrics: GateMetrics,
+        clock: Clock = time.time,
+    ) -> None:
+        self.app = app
+        self.topo = topo
+        self.table = table
+        self.rules = rules
+        self.metrics = metrics
+        self.clock = clock
+        self.partitions = topo.requests.partitions
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    async def on_inbound(self, event: EventT) -> None:
+        message = event.message
+        try:
+            parsed = parse_inbound_event(message.value)
+            if isinstance(parsed, InvalidPayload):
+                await self.dead_letter(event, parsed.detail, cause="invalid_inbound")
+                return
+            key = contact_key(parsed.phone_number_id, parsed.user, parsed.group_id)
+            if await self._repartitioned(event, key, "inbound"):
+                return
+            state = self._load(key)
+            new_state, effect = apply_inbound(state, parsed, self.clock(), self.rules)
+            if new_state is not state:
+                await self._store(key, new_state, message.partition)
+            self.metrics.inbound_events.labels(parsed.kind, effect.value).inc()
+        except Exception as exc:  # noqa: BLE001 - bad input must never stop the worker
+            await self._internal_error(event, exc)
+
+    async def on_request(self, event: EventT) -> None:
+        message = event.message
+        try:
+            now = self.clock()
+            parsed = parse_send_request(message.value)
+            if isinstance(parsed, InvalidPayload):
+                rejection = decide_invalid(parsed, _text_or_b64(message.key), now)
+                if rejection is None:
+                    await self.dead_letter(event, parsed.detail + "; no request_id could be read", "invalid_request")
+                else:
+                    await self.publish(rejection, message.key)
+                return
+            request, received = parsed
+            key = request_contact_key(request.phone_number_id, request.to, request.recipient_type)
+            if await self._repartitioned(event, key, "requests"):
+                return
+            state = self._load(key)
+            decision, new_state = decide(request, received, state, now, self.rules)
+            if new_state is not state:
+                await self._store(key, new_state, message.partition)
+            await self.publish(decision, key.encode())
+            if request.created_at is not None:
+                self.metrics.decision_latency.observe(max(0.0, now - request.created_at))
+        except Exception as exc:  # noqa: BLE001 - bad input must never stop the worker
+            await self._internal_error(event, exc)
+
+    # -- outputs --------------------------------------------------------------------------------
+
+    async def publish(self, decision: Decision, key: bytes | None) -> None:
+        value = decision.__pydantic_serializer__.to_json(decision)
+        await self._produce(self.topo.route_topic(decision.route), key, value)
+        self.metrics.decisions.labels(
+            decision.route, decision.reason, self.metrics.origin_label(decision.origin)
+        ).inc()
+
+    async def dead_letter(self, event: EventT, error: str, cause: str) -> None:
+        message = event.message
+        record = DeadLetter.model_construct(
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key=_text_or_b64(message.key),
+            value_b64=None if message.value is None else base64.b64encode(message.value).decode("ascii"),
+            error=error,
+            at=self.clock(),
+        )
+        await self._produce(self.topo.deadletter.name, message.key, record.__pydantic_serializer__.to_json(record))
+        self.metrics.dead_letters.labels(message.topic.removeprefix(self.topo.prefix), cause).inc()
+
+    async def _internal_error(self, event: EventT, exc: Exception) -> None:
+        # Log the type and position only: the exception text may quote the payload (PII).
+        message = event.message
+        log.error(
+            "internal error on %s[%d]@%d: %s (record dead-lettered)",
+            message.topic, message.partition, message.offset, type(exc).__name__,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )
+        await self.dead_letter(event, f"internal error: {type(exc).__name__}", cause="internal_error")
+
+    async def _repartitioned(self, event: EventT, key: str, source: str) -> bool:
+        """Re-produce a record that sits on the wrong partition for its contact; True if it did."""
+        message = event.message
+        expected = partition_for(key, self.partitions)
+        if message.partition == expected:
+            return False
+        await self._produce(message.topic, key.encode(), message.value, partition=expected)
+        self.metrics.repartitioned.labels(source).inc()
+        return True
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def _load(self, key: str) -> ContactState:
+        # The store reads the RocksDB partition of the event being processed (co-partitioning).
+        return ContactState.from_bytes(self.table.data.get(key.encode()))
+
+    async def _store(self, key: str, state: ContactState, partition: int) -> None:
+        raw_key, value = key.encode(), state.to_bytes()
+        self.table.data[raw_key] = value
+        fut = await self._produce(self.topo.contact_state_changelog.name, raw_key, value, partition=partition)
+        fut.add_done_callback(self._on_changelog_delivered)
+
+    def _on_changelog_delivered(self, fut: Any) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            # What Faust does for its own changelog writes: recovery resumes after this offset.
+            self.table.data.set_persisted_offset(fut.result().topic_partition, fut.result().offset)
+
+    async def _produce(
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None
+    ) -> Awaitable[Any]:
+        fut = await self.app.producer.send(topic, key, value, partition, None, None)
+        fut.add_done_callback(self._on_delivered)  # type: ignore[attr-defined]
+        return fut
+
+    def _on_delivered(self, fut: Any) -> None:
+        if fut.cancelled() or fut.exception() is None:
+            return
+        exc = fut.exception()
+        log.critical("delivery failed after retries (%s); crashing so the offset is not committed", exc)
+        self.app.loop.create_task(self.app.crash(exc))

@@ -1,0 +1,89 @@
+"""Composition root: settings -> Faust app, topics, the contact-state table, agents, web views.
+
+This is the only module that knows how the parts are wired together.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.types import StreamT
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from streams.agents.gate import Clock, Gate
+from streams.metrics import GateMetrics
+from streams.settings import Settings
+from streams.topology import CONTACT_STATE_TABLE, Topology, topology
+
+
+@dataclass
+class GateApp:
+    app: faust.App
+    topo: Topology
+    gate: Gate
+    metrics: GateMetrics
+
+
+def broker_urls(bootstrap: str) -> list[str]:
+    return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
+
+
+def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
+    topo = topology(settings)
+    app = faust.App(
+        settings.faust_app_id,
+        broker=broker_urls(settings.kafka_bootstrap_servers),
+        store="rocksdb://" if settings.store == "rocksdb" else "memory://",
+        datadir=str(settings.data_dir),
+        autodiscover=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        processing_guarantee=settings.processing_guarantee,
+        broker_commit_interval=settings.commit_interval_seconds,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        key_serializer="raw",
+        value_serializer="raw",
+        table_standby_replicas=0,
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+    )
+
+    def raw_topic(name: str) -> Any:
+        return app.topic(
+            name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+            partitions=settings.partitions,
+        )
+
+    table = app.Table(
+        CONTACT_STATE_TABLE,
+        key_type=bytes,  # bytes <-> raw serializer: the state is our own compact JSON, encoded by the policy
+        value_type=bytes,
+        partitions=settings.partitions,
+        help="Per-contact customer service window and recently decided request ids",
+    )
+    metrics = GateMetrics()
+    gate = Gate(app, topo, table, settings.rules, metrics, clock)
+
+    @app.agent(raw_topic(topo.inbound.name), name="inbound")
+    async def inbound_agent(stream: StreamT[bytes]) -> None:
+        async for event in stream.events():
+            await gate.on_inbound(event)
+
+    @app.agent(raw_topic(topo.requests.name), name="requests")
+    async def requests_agent(stream: StreamT[bytes]) -> None:
+        async for event in stream.events():
+            await gate.on_request(event)
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        # aiohttp refuses a charset inside content_type, so the full Prometheus type goes in as a header.
+        return web.bytes(generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return GateApp(app=app, topo=topo, gate=gate, metrics=metrics)

@@ -1,0 +1,131 @@
+"""``wagate``: run the gate and its tools. Settings come from the environment (see the README)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from streams.settings import Settings
+
+EPILOG = """\
+configuration: environment variables, e.g. KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092,
+WAGATE_PARTITIONS=4, WAGATE_TOPIC_PREFIX=, WAGATE_DATA_DIR=var/wagate (full list in README.md)
+"""
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [
+            f"  WAGATE_{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        ]
+        sys.exit("wagate: invalid configuration:\n" + "\n".join(lines))
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings()
+    from streams.admin import TopologyError, ensure_topics
+    from streams.app import create_app
+    from streams.topology import topology
+
+    try:
+        asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, topology(settings), settings.replication_factor))
+    except TopologyError as exc:
+        sys.exit(f"wagate: {exc}")
+    import faust
+
+    gate = create_app(settings)
+    worker = faust.Worker(gate.app, loglevel=settings.log_level.upper(), quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    settings = _settings()
+    from streams.admin import TopologyError, ensure_topics
+    from streams.topology import topology
+
+    try:
+        created = asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, topology(settings),
+                                            settings.replication_factor))
+    except TopologyError as exc:
+        sys.exit(f"wagate: {exc}")
+    for spec in topology(settings).all():
+        mark = "created" if spec.name in created else "exists"
+        print(f"{mark:8} {spec.name} partitions={spec.partitions}{' compacted' if spec.compacted else ''}")
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from streams.schemas import check_schemas, write_schemas
+
+    if args.check:
+        stale = check_schemas(Path(args.dir))
+        if stale:
+            print("schemas out of date, run `wagate schemas`: " + ", ".join(stale), file=sys.stderr)
+            return 1
+        print("schemas up to date")
+        return 0
+    for path in write_schemas(Path(args.dir)):
+        print(path)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return asyncio.run(run_demo(_settings(), timeout=args.timeout))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from streams.bench import run_bench
+
+    return asyncio.run(run_bench(_settings(), requests=args.requests, contacts=args.contacts, out=args.out))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wagate",
+        description="The WhatsApp customer-service-window gate for Kafka: every send request is routed to "
+        "send, template or rejected against the contact's 24 h window.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("worker", help="create missing topics, then run a gate worker in the foreground").set_defaults(
+        func=cmd_worker
+    )
+    sub.add_parser("topics", help="create the gate's topics (idempotent) and list them").set_defaults(
+        func=cmd_topics
+    )
+
+    schemas = sub.add_parser("schemas", help="write the JSON Schema of every payload (from the models)")
+    schemas.add_argument("--dir", default="schemas", help="output folder (default: schemas)")
+    schemas.add_argument("--check", action="store_true", help="exit 1 if the files differ from the models")
+    schemas.set_defaults(func=cmd_schemas)
+
+    demo = sub.add_parser("demo", help="replay the store-hours timeline against a running gate, print decisions")
+    demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the decisions")
+    demo.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="measure the gate against a bare aiokafka loop; prints one JSON object")
+    bench.add_argument("--requests", type=int, default=200_000)
+    bench.add_argument("--contacts", type=int, default=50_000)
+    bench.add_argument("--out", default=None, help="also write the JSON result to this file")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

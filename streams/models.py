@@ -1,0 +1,205 @@
+"""Pydantic models of every payload on the wire (contract section 3).
+
+These are the single source of the JSON Schemas in ``schemas/`` (``wagate schemas`` writes them).
+Values are plain JSON objects: no framework metadata, times as epoch seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+EpochSeconds = Annotated[float, Field(ge=0, description="epoch seconds")]
+NonEmpty = Annotated[str, Field(min_length=1, max_length=256)]
+
+Origin = Literal["agent", "human", "automation", "broadcast", "api"]
+Intent = Literal["service", "marketing", "utility", "authentication"]
+RecipientType = Literal["individual", "group"]
+Route = Literal["send", "template", "rejected"]
+WindowStateName = Literal["open", "closing", "closed", "none"]
+InboundKind = Literal["message", "call", "status", "preference", "system"]
+Reason = Literal[
+    "window_open",
+    "template",
+    "template_unverified",
+    "window_closed",
+    "no_window",
+    "window_closing",
+    "marketing_requires_template",
+    "template_unknown",
+    "template_not_sendable",
+    "template_parameter_mismatch",
+    "marketing_opted_out",
+    "marketing_cooldown",
+    "stale_request",
+    "duplicate_request",
+    "invalid_request",
+    "unsupported_message",
+]
+
+
+class _Open(BaseModel):
+    """Meta adds fields over time: keep what we do not know instead of failing on it."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class MetaError(_Open):
+    code: int
+    title: str | None = None
+
+
+class Preference(_Open):
+    category: str
+    value: str
+
+
+class Conversation(_Open):
+    id: str | None = None
+    expiration_timestamp: EpochSeconds | None = None
+
+
+class InboundEvent(_Open):
+    """One user-side event on ``wa.inbound``, keyed by contact key."""
+
+    event_id: NonEmpty = Field(description="wamid, call id or other id Meta gives")
+    phone_number_id: NonEmpty
+    user: NonEmpty = Field(description="wa_id, or the business-scoped user id when Meta sends no wa_id")
+    timestamp: EpochSeconds = Field(description="WhatsApp's timestamp of the event")
+    kind: InboundKind
+    type: NonEmpty = Field(description="Meta's type: text, image, button, ...; sent/delivered/...; connect/...")
+    group_id: NonEmpty | None = None
+    waba_id: str | None = None
+    direction: Literal["USER_INITIATED", "BUSINESS_INITIATED"] | None = None
+    referral: dict[str, Any] | None = None
+    errors: list[MetaError] | None = None
+    preference: Preference | None = None
+    pricing: dict[str, Any] | None = None
+    conversation: Conversation | None = None
+    new_user: str | None = Field(default=None, description="system user_changed_number: the new wa_id")
+
+
+class TemplateLanguage(_Open):
+    code: NonEmpty
+
+
+class TemplateObject(_Open):
+    """A Cloud API template object: ``{"name", "language": {"code"}, "components"}``."""
+
+    name: NonEmpty
+    language: TemplateLanguage
+    components: list[dict[str, Any]] | None = None
+
+
+class OutboundMessage(_Open):
+    """A Cloud API message object without ``messaging_product`` and ``to``."""
+
+    type: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z_]+$")]
+
+    @model_validator(mode="after")
+    def _body_for_type(self) -> OutboundMessage:
+        extra = self.__pydantic_extra__ or {}
+        body = extra.get(self.type)
+        if not isinstance(body, dict):
+            raise ValueError(
+                f"message.type is '{self.type}' but message.{self.type} is missing or not an object"
+            )
+        if self.type == "template":
+            TemplateObject.model_validate(body)
+        return self
+
+
+class SendRequest(BaseModel):
+    """A send intent on ``wa.outbound.requests``, keyed by contact key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: Annotated[str, Field(min_length=1, max_length=128, description="idempotency key")]
+    phone_number_id: NonEmpty
+    to: NonEmpty = Field(description="user (wa_id or business-scoped id) or group id")
+    origin: Origin
+    message: OutboundMessage
+    recipient_type: RecipientType = "individual"
+    fallback_template: TemplateObject | None = None
+    intent: Intent = "service"
+    created_at: EpochSeconds | None = None
+    not_after: EpochSeconds | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class WindowView(BaseModel):
+    state: WindowStateName
+    last_inbound_at: EpochSeconds | None
+    expires_at: EpochSeconds | None
+
+
+class Pricing(BaseModel):
+    category: Literal["service", "marketing", "utility", "authentication"]
+    billable: bool
+    basis: str
+
+
+class Decision(BaseModel):
+    """The gate's answer to one SendRequest, on ``wa.outbound.send|template|rejected``."""
+
+    request_id: str
+    contact: str | None = Field(description="contact key; the record key when the request was unreadable")
+    phone_number_id: str | None
+    to: str | None
+    recipient_type: RecipientType | None
+    origin: str | None
+    route: Route
+    reason: Reason
+    detail: str = Field(description="one sentence a person understands")
+    decided_at: EpochSeconds
+    window: WindowView
+    metadata: dict[str, Any] | None = None
+    message: dict[str, Any] | None = Field(
+        default=None, description="send/template: the complete body to POST to /{phone_number_id}/messages"
+    )
+    pricing: Pricing | None = Field(default=None, description="send/template only")
+    request: dict[str, Any] | str | None = Field(
+        default=None, description="rejected only: the request as received (text when not valid JSON)"
+    )
+
+
+class WindowEvent(BaseModel):
+    contact: str
+    event: Literal["opened", "expiring", "closed"]
+    expires_at: EpochSeconds
+    last_inbound_at: EpochSeconds
+    at: EpochSeconds
+
+
+class DeadLetter(BaseModel):
+    topic: str
+    partition: int
+    offset: int
+    key: str | None = Field(description="the record key as text, or base64 when not UTF-8")
+    value_b64: str | None
+    error: str
+    at: EpochSeconds
+
+
+class TemplateRecord(BaseModel):
+    waba_id: str
+    name: str
+    language: str
+    status: str
+    category: str | None = None
+    parameter_format: Literal["POSITIONAL", "NAMED"] | None = None
+    components: list[dict[str, Any]] | None = None
+    quality: str | None = None
+    updated_at: EpochSeconds
+    source: Literal["webhook", "sync"]
+
+
+WIRE_MODELS: dict[str, type[BaseModel]] = {
+    "InboundEvent": InboundEvent,
+    "SendRequest": SendRequest,
+    "Decision": Decision,
+    "WindowEvent": WindowEvent,
+    "DeadLetter": DeadLetter,
+    "TemplateRecord": TemplateRecord,
+}

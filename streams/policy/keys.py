@@ -1,0 +1,54 @@
+"""Contact keys and Kafka's default (murmur2) partitioner, in pure Python.
+
+The gate checks every record's partition against these, so that it never decides on a partition
+that does not hold the contact's state (contract section 1).
+"""
+
+from __future__ import annotations
+
+
+def contact_key(phone_number_id: str, user: str, group_id: str | None = None) -> str:
+    if group_id:
+        return f"{phone_number_id}:group:{group_id}"
+    return f"{phone_number_id}:{user}"
+
+
+def request_contact_key(phone_number_id: str, to: str, recipient_type: str) -> str:
+    return contact_key(phone_number_id, to, to if recipient_type == "group" else None)
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash (org.apache.kafka.common.utils.Utils.murmur2), as a signed 32-bit int."""
+    length = len(data)
+    seed = 0x9747B28C
+    m = 0x5BD1E995
+    r = 24
+    h = (seed ^ length) & 0xFFFFFFFF
+    length4 = length // 4
+    for i in range(length4):
+        i4 = i * 4
+        k = data[i4] | (data[i4 + 1] << 8) | (data[i4 + 2] << 16) | (data[i4 + 3] << 24)
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> r
+        k = (k * m) & 0xFFFFFFFF
+        h = (h * m) & 0xFFFFFFFF
+        h ^= k
+    extra = length % 4
+    tail = length4 * 4
+    if extra >= 3:
+        h ^= data[tail + 2] << 16
+    if extra >= 2:
+        h ^= data[tail + 1] << 8
+    if extra >= 1:
+        h ^= data[tail]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h - 0x100000000 if h & 0x80000000 else h
+
+
+def partition_for(key: str | bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java client, aiokafka) gives a keyed record."""
+    raw = key.encode() if isinstance(key, str) else key
+    return (murmur2(raw) & 0x7FFFFFFF) % partitions

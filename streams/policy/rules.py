@@ -1,0 +1,38 @@
+"""The tunable parts of the window rules (contract section 5), as one immutable value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# User-authored message types that Meta documents as opening/refreshing the customer service window.
+# reaction, system, unsupported and request_welcome are undocumented: off by default, a setting adds them.
+DEFAULT_OPENER_TYPES: frozenset[str] = frozenset(
+    {
+        "text", "image", "video", "audio", "document", "sticker", "location",
+        "contacts", "interactive", "button", "order",
+    }
+)
+# Call events that mean the user called, or accepted a business call.
+CALL_OPENER_TYPES: frozenset[str] = frozenset({"connect"})
+# Failed-status error codes that mean "the window is closed", whatever our state says:
+# 131047 (Cloud API re-engagement), 470 (legacy On-Premises), 63016 (Twilio's mapping of it).
+WINDOW_CLOSED_ERROR_CODES: frozenset[int] = frozenset({131047, 470, 63016})
+NUMBER_CHANGE_TYPE = "user_changed_number"
+# Cloud API message types a business can send; anything else cannot be delivered.
+SENDABLE_MESSAGE_TYPES: frozenset[str] = frozenset(
+    {
+        "text", "image", "video", "audio", "document", "sticker", "location", "contacts",
+        "interactive", "template", "reaction",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRules:
+    window_seconds: float = 86_400.0
+    safety_margin_seconds: float = 120.0
+    future_skew_seconds: float = 60.0
+    opener_message_types: frozenset[str] = field(default=DEFAULT_OPENER_TYPES)
+    group_unsupported_types: frozenset[str] = field(default=frozenset({"interactive"}))
+    dedupe_horizon_seconds: float = 7 * 86_400.0
+    dedupe_max_per_contact: int = 1_000

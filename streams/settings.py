@@ -1,0 +1,83 @@
+"""Typed settings, read from environment variables (the README lists them all).
+
+Every variable is ``WAGATE_<FIELD>`` except the broker address, which follows the common
+``KAFKA_BOOTSTRAP_SERVERS`` convention.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.policy.rules import DEFAULT_OPENER_TYPES, WindowRules
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WAGATE_", extra="ignore", frozen=True)
+
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "WAGATE_KAFKA_BOOTSTRAP_SERVERS"),
+        description="host:port[,host:port] of the Kafka cluster",
+    )
+    app_id: str = Field(default="wagate", description="Faust app id: consumer group and changelog topic prefix")
+    topic_prefix: str = Field(default="", description="prefix for every topic name, e.g. 'staging.'")
+    partitions: int = Field(default=4, ge=1, description="partitions of wa.inbound, wa.outbound.requests, state")
+    replication_factor: int = Field(default=1, ge=1)
+    data_dir: Path = Field(default=Path("var/wagate"), description="RocksDB state directory of this worker")
+    store: Literal["rocksdb", "memory"] = Field(
+        default="rocksdb", description="table store; memory only for unit tests"
+    )
+    web_host: str = Field(default="127.0.0.1")
+    web_port: int = Field(default=6066, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    window_seconds: float = Field(default=86_400.0, gt=0, description="customer service window length")
+    safety_margin_seconds: float = Field(default=120.0, ge=0, description="free-form needs this much window left")
+    future_skew_seconds: float = Field(default=60.0, ge=0, description="inbound timestamps beyond now+skew are clamped")
+    dedupe_horizon_seconds: float = Field(
+        default=7 * 86_400.0, gt=0, description="how long a decided request_id is remembered per contact"
+    )
+    dedupe_max_per_contact: int = Field(
+        default=1_000, ge=1, description="decided request_ids kept per contact (newest win)"
+    )
+    opener_message_types: str = Field(
+        default=",".join(sorted(DEFAULT_OPENER_TYPES)),
+        description="comma-separated inbound message types that open/refresh the window",
+    )
+    group_unsupported_types: str = Field(
+        default="interactive", description="message types that cannot be sent to a group"
+    )
+
+    commit_interval_seconds: float = Field(default=1.0, gt=0, description="how often consumed offsets are committed")
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+
+    @field_validator("opener_message_types", "group_unsupported_types")
+    @classmethod
+    def _comma_list(cls, value: str) -> str:
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        for item in items:
+            if not item.replace("_", "").isalnum():
+                raise ValueError(f"'{item}' is not a message type name (letters, digits and _ only)")
+        return ",".join(items)
+
+    @property
+    def faust_app_id(self) -> str:
+        """Consumer group and changelog prefix: distinct per topic prefix, so deployments never share one."""
+        return f"{self.topic_prefix}{self.app_id}"
+
+    @cached_property
+    def rules(self) -> WindowRules:
+        return WindowRules(
+            window_seconds=self.window_seconds,
+            safety_margin_seconds=self.safety_margin_seconds,
+            future_skew_seconds=self.future_skew_seconds,
+            opener_message_types=frozenset(self.opener_message_types.split(",")),
+            group_unsupported_types=frozenset(filter(None, self.group_unsupported_types.split(","))),
+            dedupe_horizon_seconds=self.dedupe_horizon_seconds,
+            dedupe_max_per_contact=self.dedupe_max_per_contact,
+        )

@@ -1,0 +1,70 @@
+"""Every topic the gate reads or writes: its name, partitions and cleanup policy. One place.
+
+``wagate topics create`` creates them all up front (admin.py), and the Faust app (app.py) declares
+them from the same list, so partition counts cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streams.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    compacted: bool = False
+    # Must share the state's partitioning (contract section 1).
+    copartitioned: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    prefix: str
+    webhooks: TopicSpec
+    inbound: TopicSpec
+    templates: TopicSpec
+    requests: TopicSpec
+    send: TopicSpec
+    template: TopicSpec
+    rejected: TopicSpec
+    windows: TopicSpec
+    deadletter: TopicSpec
+    contact_state_changelog: TopicSpec
+
+    def all(self) -> list[TopicSpec]:
+        return [value for value in (getattr(self, name) for name in self.__dataclass_fields__)
+                if isinstance(value, TopicSpec)]
+
+    def route_topic(self, route: str) -> str:
+        return {"send": self.send.name, "template": self.template.name, "rejected": self.rejected.name}[route]
+
+
+CONTACT_STATE_TABLE = "contact_state"
+
+
+def topology(settings: Settings) -> Topology:
+    p = settings.topic_prefix
+    n = settings.partitions
+
+    def topic(name: str, *, compacted: bool = False, copartitioned: bool = False) -> TopicSpec:
+        return TopicSpec(p + name, n, compacted=compacted, copartitioned=copartitioned)
+
+    return Topology(
+        prefix=p,
+        webhooks=topic("wa.webhooks"),
+        inbound=topic("wa.inbound", copartitioned=True),
+        templates=topic("wa.templates", compacted=True),
+        requests=topic("wa.outbound.requests", copartitioned=True),
+        send=topic("wa.outbound.send"),
+        template=topic("wa.outbound.template"),
+        rejected=topic("wa.outbound.rejected"),
+        windows=topic("wa.windows"),
+        deadletter=topic("wa.deadletter"),
+        # Faust names a table's changelog "<app id>-<table>-changelog"; it holds the contact state.
+        contact_state_changelog=TopicSpec(
+            f"{settings.faust_app_id}-{CONTACT_STATE_TABLE}-changelog", n, compacted=True, copartitioned=True
+        ),
+    )
