@@ -45,10 +45,14 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
         broker_commit_interval=settings.commit_interval_seconds,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_linger_ms=settings.producer_linger_ms,
+        producer_max_batch_size=settings.producer_max_batch_size,
+        producer_max_request_size=max(settings.producer_max_batch_size, 1_048_576),
+        broker_max_poll_records=settings.max_poll_records,
         key_serializer="raw",
         value_serializer="raw",
         table_standby_replicas=0,
-        web_enabled=True,
+        web_enabled=settings.web_enabled,
         web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
@@ -73,13 +77,15 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
 
     @app.agent(raw_topic(topo.inbound.name), name="inbound")
     async def inbound_agent(stream: StreamT[bytes]) -> None:
-        async for event in stream.events():
-            await gate.on_inbound(event)
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_wait_seconds):
+            for event in batch:
+                await gate.on_inbound(event)
 
     @app.agent(raw_topic(topo.requests.name), name="requests")
     async def requests_agent(stream: StreamT[bytes]) -> None:
-        async for event in stream.events():
-            await gate.on_request(event)
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_wait_seconds):
+            for event in batch:
+                await gate.on_request(event)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

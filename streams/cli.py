@@ -27,34 +27,42 @@ def _settings() -> Settings:
         sys.exit("wagate: invalid configuration:\n" + "\n".join(lines))
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
-    settings = _settings()
+def _ensure_topics(settings: Settings) -> list[str]:
+    from aiokafka.errors import KafkaConnectionError
+
     from streams.admin import TopologyError, ensure_topics
-    from streams.app import create_app
     from streams.topology import topology
 
     try:
-        asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, topology(settings), settings.replication_factor))
+        return asyncio.run(
+            ensure_topics(settings.kafka_bootstrap_servers, topology(settings), settings.replication_factor)
+        )
+    except KafkaConnectionError:
+        sys.exit(
+            f"wagate: cannot reach Kafka at KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers}: "
+            "start a broker (`make kafka-start`) or point the variable at one"
+        )
     except TopologyError as exc:
         sys.exit(f"wagate: {exc}")
-    import faust
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings()
+    from streams.app import create_app
+
+    _ensure_topics(settings)
+    from streams.worker import GateWorker
 
     gate = create_app(settings)
-    worker = faust.Worker(gate.app, loglevel=settings.log_level.upper(), quiet=True)
-    worker.execute_from_commandline()
+    GateWorker(gate.app, loglevel=settings.log_level.upper()).execute_from_commandline()
     return 0
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
     settings = _settings()
-    from streams.admin import TopologyError, ensure_topics
     from streams.topology import topology
 
-    try:
-        created = asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, topology(settings),
-                                            settings.replication_factor))
-    except TopologyError as exc:
-        sys.exit(f"wagate: {exc}")
+    created = _ensure_topics(settings)
     for spec in topology(settings).all():
         mark = "created" if spec.name in created else "exists"
         print(f"{mark:8} {spec.name} partitions={spec.partitions}{' compacted' if spec.compacted else ''}")

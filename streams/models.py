@@ -96,17 +96,16 @@ class OutboundMessage(_Open):
     """A Cloud API message object without ``messaging_product`` and ``to``."""
 
     type: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z_]+$")]
+    # Declared so that a bad template is reported at message.template.<field>.
+    template: TemplateObject | None = None
 
     @model_validator(mode="after")
     def _body_for_type(self) -> OutboundMessage:
-        extra = self.__pydantic_extra__ or {}
-        body = extra.get(self.type)
-        if not isinstance(body, dict):
+        body = self.template if self.type == "template" else (self.__pydantic_extra__ or {}).get(self.type)
+        if not isinstance(body, dict | TemplateObject):
             raise ValueError(
                 f"message.type is '{self.type}' but message.{self.type} is missing or not an object"
             )
-        if self.type == "template":
-            TemplateObject.model_validate(body)
         return self
 
 

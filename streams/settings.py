@@ -32,8 +32,9 @@ class Settings(BaseSettings):
     store: Literal["rocksdb", "memory"] = Field(
         default="rocksdb", description="table store; memory only for unit tests"
     )
+    web_enabled: bool = Field(default=True, description="serve /metrics on web_host:web_port")
     web_host: str = Field(default="127.0.0.1")
-    web_port: int = Field(default=6066, ge=0, le=65535)
+    web_port: int = Field(default=6066, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     window_seconds: float = Field(default=86_400.0, gt=0, description="customer service window length")
@@ -51,6 +52,17 @@ class Settings(BaseSettings):
     )
     group_unsupported_types: str = Field(
         default="interactive", description="message types that cannot be sent to a group"
+    )
+
+    producer_linger_ms: int = Field(default=5, ge=0, description="producer batching delay")
+    producer_max_batch_size: int = Field(
+        default=1_048_576, ge=16_384, description="bytes per partition batch; small batches stall sends"
+    )
+    max_poll_records: int = Field(default=2_000, ge=1, description="records fetched per poll")
+
+    batch_size: int = Field(default=500, ge=1, description="records an agent takes per batch")
+    batch_wait_seconds: float = Field(
+        default=0.005, gt=0, description="how long an agent waits to fill a batch (bounds added latency)"
     )
 
     commit_interval_seconds: float = Field(default=1.0, gt=0, description="how often consumed offsets are committed")

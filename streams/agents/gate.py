@@ -18,6 +18,7 @@ from typing import Any
 
 from faust.types import AppT, EventT, TableT
 
+from streams.agents.state import PartitionedState
 from streams.metrics import GateMetrics
 from streams.models import DeadLetter, Decision
 from streams.policy.decide import decide, decide_invalid
@@ -53,7 +54,7 @@ class Gate:
     ) -> None:
         self.app = app
         self.topo = topo
-        self.table = table
+        self.state = PartitionedState(table)
         self.rules = rules
         self.metrics = metrics
         self.clock = clock
@@ -71,7 +72,7 @@ class Gate:
             key = contact_key(parsed.phone_number_id, parsed.user, parsed.group_id)
             if await self._repartitioned(event, key, "inbound"):
                 return
-            state = self._load(key)
+            state = self._load(key, message.partition)
             new_state, effect = apply_inbound(state, parsed, self.clock(), self.rules)
             if new_state is not state:
                 await self._store(key, new_state, message.partition)
@@ -95,7 +96,7 @@ class Gate:
             key = request_contact_key(request.phone_number_id, request.to, request.recipient_type)
             if await self._repartitioned(event, key, "requests"):
                 return
-            state = self._load(key)
+            state = self._load(key, message.partition)
             decision, new_state = decide(request, received, state, now, self.rules)
             if new_state is not state:
                 await self._store(key, new_state, message.partition)
@@ -150,20 +151,19 @@ class Gate:
 
     # -- state ----------------------------------------------------------------------------------
 
-    def _load(self, key: str) -> ContactState:
-        # The store reads the RocksDB partition of the event being processed (co-partitioning).
-        return ContactState.from_bytes(self.table.data.get(key.encode()))
+    def _load(self, key: str, partition: int) -> ContactState:
+        return ContactState.from_bytes(self.state.get(partition, key.encode()))
 
     async def _store(self, key: str, state: ContactState, partition: int) -> None:
         raw_key, value = key.encode(), state.to_bytes()
-        self.table.data[raw_key] = value
+        self.state.put(partition, raw_key, value)
         fut = await self._produce(self.topo.contact_state_changelog.name, raw_key, value, partition=partition)
         fut.add_done_callback(self._on_changelog_delivered)
 
     def _on_changelog_delivered(self, fut: Any) -> None:
         if not fut.cancelled() and fut.exception() is None:
             # What Faust does for its own changelog writes: recovery resumes after this offset.
-            self.table.data.set_persisted_offset(fut.result().topic_partition, fut.result().offset)
+            self.state.persisted(fut.result().topic_partition, fut.result().offset)
 
     async def _produce(
         self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None

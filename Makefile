@@ -1,0 +1,57 @@
+# wagate: `make run` (gate on an embedded Kafka) and `make test` set up everything they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+KAFKA := deploy/kafka/kafka.sh
+export KAFKA_PORT ?= 9092
+
+.PHONY: help venv kafka-fetch kafka-start kafka-stop run demo test unit lint schemas bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed  ## create .venv with the package and dev tools
+
+kafka-fetch:  ## download the pinned Apache Kafka jars with Maven (deploy/kafka/pom.xml)
+	$(KAFKA) fetch
+
+kafka-start: kafka-fetch  ## start the embedded broker on 127.0.0.1:$KAFKA_PORT (data in deploy/kafka/data)
+	$(KAFKA) start
+
+kafka-stop:  ## stop the embedded broker by its PID
+	$(KAFKA) stop
+
+run: venv kafka-fetch  ## run the gate in the foreground (embedded broker unless KAFKA_BOOTSTRAP_SERVERS is set)
+	deploy/run-local.sh
+
+demo: venv  ## replay the store-hours timeline against a running gate and print the decisions
+	$(BIN)/wagate demo
+
+lint: venv  ## ruff and mypy
+	$(BIN)/ruff check streams tests
+	$(BIN)/ruff format --check streams tests
+	$(BIN)/mypy
+
+schemas: venv  ## regenerate schemas/ from the models
+	$(BIN)/wagate schemas
+
+unit: venv  ## policy and model tests only (no broker)
+	$(BIN)/pytest tests/unit
+
+test: venv kafka-fetch  ## lint, schema drift check, unit + integration tests (starts and stops a broker)
+	$(MAKE) --no-print-directory lint
+	$(BIN)/wagate schemas --check
+	$(BIN)/pytest tests
+
+bench: venv kafka-fetch  ## gate vs bare aiokafka reference, 200k requests over 50k contacts; prints JSON
+	deploy/bench-local.sh
+
+clean:  ## remove local state (venv, broker data, RocksDB)
+	rm -rf $(VENV) deploy/kafka/data var

@@ -1,0 +1,279 @@
+"""``wagate bench``: the gate against a bare aiokafka loop, same data, same broker, one run.
+
+Phase A (throughput): a backlog of inbound events and requests is produced first, then the system
+under test starts and drains it; decisions/s = decisions / (last arrival - first arrival).
+Phase B (latency): with the system running, requests are produced at a fixed pace and each one's
+produce time -> decision arrival is measured (p50/p99).
+
+The reference is ``python -m streams.bench reference``: consume -> orjson -> the same policy
+functions -> produce, with a plain dict for state. It bounds what Python and Kafka do here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from streams.settings import Settings
+from streams.topology import Topology, topology
+
+PNID = "bench"
+TEXT = {"type": "text", "text": {"body": "Your order shipped."}}
+TEMPLATE = {"name": "order_update", "language": {"code": "en"}, "components": []}
+
+
+@dataclass
+class Workload:
+    openers: list[tuple[bytes, bytes]]  # (key, value) for wa.inbound, produced before anything else
+    mixed: list[tuple[str, bytes, bytes]]  # ("inbound"|"requests", key, value), interleaved
+    requests: int
+
+
+def build_workload(requests: int, contacts: int, now: float, seed: int = 7) -> Workload:
+    rng = random.Random(seed)
+
+    def inbound(user: str, ts: float, n: int) -> tuple[bytes, bytes]:
+        event = {"event_id": f"wamid.{user}.{n}", "phone_number_id": PNID, "user": user, "timestamp": ts,
+                 "kind": "message", "type": "text"}
+        return f"{PNID}:{user}".encode(), orjson.dumps(event)
+
+    openers = []
+    for c in range(contacts):
+        roll = rng.random()
+        if roll < 0.5:  # open: the user wrote within the last 20 h
+            openers.append(inbound(f"u{c}", now - rng.uniform(60, 20 * 3600), 0))
+        elif roll < 0.75:  # lapsed: wrote 30 h ago
+            openers.append(inbound(f"u{c}", now - 30 * 3600, 0))
+    mixed: list[tuple[str, bytes, bytes]] = []
+    for i in range(requests):
+        user = f"u{rng.randrange(contacts)}"
+        roll = rng.random()
+        req: dict[str, Any] = {"request_id": f"b{i}", "phone_number_id": PNID, "to": user,
+                               "origin": rng.choice(["agent", "human", "automation", "broadcast", "api"]),
+                               "message": TEXT, "created_at": now}
+        if roll < 0.1:
+            req["message"] = {"type": "template", "template": TEMPLATE}
+        elif roll < 0.55:
+            req["fallback_template"] = TEMPLATE
+        elif roll < 0.6:
+            req["intent"] = "marketing"
+        mixed.append(("requests", f"{PNID}:{user}".encode(), orjson.dumps(req)))
+        if i % 4 == 3:  # a stream of new user messages keeps windows moving
+            key, value = inbound(f"u{rng.randrange(contacts)}", now - rng.uniform(0, 600), i)
+            mixed.append(("inbound", key, value))
+    return Workload(openers, mixed, requests)
+
+
+# -- the reference: bare aiokafka + the same policy ------------------------------------------------
+
+
+async def reference_loop(settings: Settings) -> None:
+    from streams.policy.decide import decide, decide_invalid
+    from streams.policy.parse import InvalidPayload, parse_inbound_event, parse_send_request
+    from streams.policy.window import EMPTY_STATE, ContactState, apply_inbound
+
+    topo = topology(settings)
+    rules = settings.rules
+    state: dict[str, ContactState] = {}
+    consumer = AIOKafkaConsumer(topo.inbound.name, topo.requests.name, bootstrap_servers=settings.kafka_bootstrap_servers,
+                                group_id=f"{settings.faust_app_id}-reference", auto_offset_reset="earliest",
+                                enable_auto_commit=True, max_poll_records=1000)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=5)
+    await consumer.start()
+    await producer.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=200)
+            for tp, records in batches.items():
+                for record in records:
+                    now = time.time()
+                    if tp.topic == topo.inbound.name:
+                        event = parse_inbound_event(record.value)
+                        if not isinstance(event, InvalidPayload):
+                            key = record.key.decode()
+                            new, _ = apply_inbound(state.get(key, EMPTY_STATE), event, now, rules)
+                            state[key] = new
+                        continue
+                    parsed = parse_send_request(record.value)
+                    if isinstance(parsed, InvalidPayload):
+                        rejection = decide_invalid(parsed, None, now)
+                        if rejection is not None:
+                            await producer.send(topo.rejected.name, rejection.__pydantic_serializer__.to_json(rejection),
+                                                key=record.key)
+                        continue
+                    request, received = parsed
+                    key = record.key.decode()
+                    decision, new = decide(request, received, state.get(key, EMPTY_STATE), now, rules)
+                    state[key] = new
+                    await producer.send(topo.route_topic(decision.route),
+                                        decision.__pydantic_serializer__.to_json(decision), key=record.key)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+# -- the harness ------------------------------------------------------------------------------------
+
+
+def _child_env(settings: Settings, prefix: str, data_dir: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "WAGATE_TOPIC_PREFIX": prefix,
+                "WAGATE_DATA_DIR": data_dir, "WAGATE_WEB_ENABLED": "false", "WAGATE_LOG_LEVEL": "warning",
+                "WAGATE_PARTITIONS": str(settings.partitions)})
+    return env
+
+
+def _start(system: str, settings: Settings, prefix: str, data_dir: str, log_path: Path) -> subprocess.Popen[bytes]:
+    args = ["worker"] if system == "gate" else ["reference"]
+    module = "streams.cli" if system == "gate" else "streams.bench"
+    log = log_path.open("wb")
+    return subprocess.Popen([sys.executable, "-m", module, *args], env=_child_env(settings, prefix, data_dir),
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _produce(producer: AIOKafkaProducer, topic: str, key: bytes, value: bytes) -> None:
+    await producer.send(topic, value, key=key)
+
+
+async def _collect(consumer: AIOKafkaConsumer, wanted: set[str], arrivals: dict[str, float], timeout: float,
+                   proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    while wanted - arrivals.keys() and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the system under test exited with code {proc.returncode}; see its log")
+        batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+        now = time.time()
+        for records in batches.values():
+            for record in records:
+                rid = orjson.loads(record.value).get("request_id")
+                if rid in wanted and rid not in arrivals:
+                    arrivals[rid] = now
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def measure(system: str, settings: Settings, workload: Workload, paced: int, rate: float,
+                  workdir: Path) -> dict[str, Any]:
+    from streams.admin import ensure_topics
+
+    prefix = f"bench-{system}-{uuid.uuid4().hex[:6]}."
+    run_settings = Settings(kafka_bootstrap_servers=settings.kafka_bootstrap_servers, topic_prefix=prefix,
+                            partitions=settings.partitions)
+    topo: Topology = topology(run_settings)
+    await ensure_topics(settings.kafka_bootstrap_servers, topo)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=10,
+                                max_batch_size=256 * 1024)
+    await producer.start()
+    consumer = AIOKafkaConsumer(topo.send.name, topo.template.name, topo.rejected.name,
+                                bootstrap_servers=settings.kafka_bootstrap_servers, auto_offset_reset="earliest",
+                                group_id=None, fetch_max_bytes=16 * 1024 * 1024)
+    await consumer.start()
+    proc = None
+    try:
+        for key, value in workload.openers:
+            await _produce(producer, topo.inbound.name, key, value)
+        topic_of = {"inbound": topo.inbound.name, "requests": topo.requests.name}
+        for kind, key, value in workload.mixed:
+            await _produce(producer, topic_of[kind], key, value)
+        await producer.flush()
+        wanted = {f"b{i}" for i in range(workload.requests)}
+        arrivals: dict[str, float] = {}
+        started = time.time()
+        proc = _start(system, run_settings, prefix, str(workdir / prefix), workdir / f"{prefix}log")
+        await _collect(consumer, wanted, arrivals, timeout=900, proc=proc)
+        if len(arrivals) < len(wanted):
+            raise RuntimeError(f"{system}: only {len(arrivals)}/{len(wanted)} decisions arrived")
+        first, last = min(arrivals.values()), max(arrivals.values())
+        throughput = len(arrivals) / (last - first)
+
+        # Phase B: paced requests, produce time -> decision arrival.
+        produced: dict[str, float] = {}
+        paced_arrivals: dict[str, float] = {}
+        collector = asyncio.create_task(
+            _collect(consumer, {f"p{i}" for i in range(paced)}, paced_arrivals, timeout=paced / rate + 120, proc=proc)
+        )
+        for i in range(paced):
+            rid = f"p{i}"
+            req = {"request_id": rid, "phone_number_id": PNID, "to": f"u{i % 1000}", "origin": "agent",
+                   "message": TEXT, "fallback_template": TEMPLATE}
+            target = time.time() + 1 / rate
+            produced[rid] = time.time()
+            await _produce(producer, topo.requests.name, f"{PNID}:u{i % 1000}".encode(), orjson.dumps(req))
+            await producer.flush()
+            await asyncio.sleep(max(0.0, target - time.time()))
+        await collector
+        latencies = [paced_arrivals[rid] - produced[rid] for rid in paced_arrivals]
+        return {
+            "decisions": len(arrivals),
+            "decisions_per_s": round(throughput, 1),
+            "drain_seconds": round(last - first, 2),
+            "startup_seconds": round(first - started, 2),
+            "paced_rate_per_s": rate,
+            "latency_p50_ms": round(statistics.median(latencies) * 1000, 2),
+            "latency_p99_ms": round(_pct(latencies, 0.99) * 1000, 2),
+            "paced_decided": len(paced_arrivals),
+        }
+    finally:
+        if proc is not None:
+            _stop(proc)
+        await consumer.stop()
+        await producer.stop()
+
+
+async def run_bench(settings: Settings, requests: int, contacts: int, out: str | None,
+                    paced: int = 3000, rate: float = 500.0) -> int:
+    workload = build_workload(requests, contacts, time.time())
+    with tempfile.TemporaryDirectory(prefix="wagate-bench-") as tmp:
+        workdir = Path(tmp)
+        reference = await measure("reference", settings, workload, paced, rate, workdir)
+        gate = await measure("gate", settings, workload, paced, rate, workdir)
+    result = {
+        "requests": requests,
+        "contacts": contacts,
+        "inbound_events": len(workload.openers) + sum(1 for kind, _, _ in workload.mixed if kind == "inbound"),
+        "partitions": settings.partitions,
+        "gate": gate,
+        "reference": reference,
+        "ratio_gate_over_reference": round(gate["decisions_per_s"] / reference["decisions_per_s"], 3),
+    }
+    text = orjson.dumps(result, option=orjson.OPT_INDENT_2).decode()
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["reference"]:
+        asyncio.run(reference_loop(Settings()))
+    else:
+        sys.exit("usage: python -m streams.bench reference   (run the bench with `wagate bench`)")
