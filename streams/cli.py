@@ -51,6 +51,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streams.app import create_app
 
     _ensure_topics(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # RocksDB does not create parent folders
     from streams.worker import GateWorker
 
     gate = create_app(settings)

@@ -1,0 +1,166 @@
+"""Real broker, real worker processes: the pieces the integration tests are built from."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Coroutine, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from streams.admin import ensure_topics
+from streams.client import GateClient, Record
+from streams.settings import Settings
+from streams.topology import topology
+
+ROOT = Path(__file__).resolve().parents[2]
+KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    """The embedded Apache Kafka broker, started from the Maven-fetched jars, stopped by its PID."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.env = dict(os.environ, KAFKA_PORT=str(self.port), KAFKA_CONTROLLER_PORT=str(free_port()))
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        subprocess.run([str(KAFKA_SH), "start", str(self.data_dir)], env=self.env, check=True)
+
+    def stop(self) -> None:
+        subprocess.run([str(KAFKA_SH), "stop", str(self.data_dir)], env=self.env, check=False)
+
+
+class Worker:
+    """One ``wagate worker`` process."""
+
+    def __init__(self, settings: Settings, log_path: Path, **env: str) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.env = dict(
+            os.environ,
+            KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
+            WAGATE_TOPIC_PREFIX=settings.topic_prefix,
+            WAGATE_DATA_DIR=str(settings.data_dir),
+            WAGATE_PARTITIONS=str(settings.partitions),
+            WAGATE_WEB_PORT=str(settings.web_port),
+            WAGATE_LOG_LEVEL="info",
+            **env,
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int, wait: float = 60.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(wait)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.signal(signal.SIGTERM, wait=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+class Gate:
+    """A prefix of topics with a worker on it, and a synchronous client for the tests."""
+
+    def __init__(self, bootstrap: str, workdir: Path, partitions: int = 4, **env: str) -> None:
+        self.prefix = f"it{uuid.uuid4().hex[:8]}."
+        self.settings = Settings(
+            kafka_bootstrap_servers=bootstrap, topic_prefix=self.prefix, partitions=partitions,
+            data_dir=workdir / self.prefix / "state", web_port=free_port(),
+        )
+        self.topo = topology(self.settings)
+        run(ensure_topics(bootstrap, self.topo))  # up front, as a deployment does
+        self.workdir = workdir
+        self.env = env
+        self.worker = self.new_worker()
+
+    def new_worker(self, data_dir: Path | None = None) -> Worker:
+        settings = self.settings if data_dir is None else self.settings.model_copy(update={"data_dir": data_dir})
+        return Worker(settings, self.workdir / f"{self.prefix}worker.log", **self.env)
+
+    def produce(self, topic: str, key: str | bytes | None, value: Any, partition: int | None = None) -> int:
+        async def go() -> int:
+            async with GateClient(self.settings) as client:
+                return await client.produce(topic, key, value, partition)
+
+        return run(go())
+
+    def produce_many(self, records: Iterable[tuple[str, str, Any]]) -> None:
+        async def go() -> None:
+            async with GateClient(self.settings) as client:
+                for topic, key, value in records:
+                    await client.produce(topic, key, value)
+
+        run(go())
+
+    def wait_consumed(self, topic: str, timeout: float = 60.0) -> None:
+        async def go() -> None:
+            async with GateClient(self.settings) as client:
+                await client.wait_consumed(topic, timeout)
+
+        run(go())
+
+    def decisions(self, request_ids: Iterable[str], timeout: float = 60.0) -> dict[str, list[Record]]:
+        async def go() -> dict[str, list[Record]]:
+            async with GateClient(self.settings) as client:
+                return await client.decisions(request_ids, timeout)
+
+        return run(go())
+
+    def all_decisions(self) -> list[Record]:
+        async def go() -> list[Record]:
+            async with GateClient(self.settings) as client:
+                t = client.topo
+                return await client.read_to_end([t.send.name, t.template.name, t.rejected.name], timeout=120)
+
+        return run(go())
+
+    def decision(self, request_id: str, timeout: float = 60.0) -> Record:
+        records = self.decisions([request_id], timeout)[request_id]
+        assert len(records) == 1, f"{request_id}: expected one decision, got {[r.value for r in records]}"
+        return records[0]
+
+    def dead_letters(self, until: Any, timeout: float = 60.0) -> list[Record]:
+        async def go() -> list[Record]:
+            async with GateClient(self.settings) as client:
+                return await client.read([self.topo.deadletter.name], until, timeout)
+
+        return run(go())
