@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -29,10 +30,9 @@ async def ensure_topics(bootstrap: str, topo: Topology, replication_factor: int 
         missing = [spec for spec in specs if spec.name not in existing]
         created: list[str] = []
         if missing:
-            try:
+            # A concurrent creator may win the race; the partition check below still applies.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([_new_topic(spec, replication_factor) for spec in missing])
-            except TopicAlreadyExistsError:
-                pass  # a concurrent creator won the race; the partition check below still applies
             created = [spec.name for spec in missing]
         await _wait_for_metadata(admin, [spec.name for spec in specs])
         actual = await _describe_partitions(admin, [spec.name for spec in specs if spec.copartitioned])
@@ -43,7 +43,7 @@ async def ensure_topics(bootstrap: str, topo: Topology, replication_factor: int 
         }
         if wrong:
             raise TopologyError(
-                "co-partitioned topics must all have WAGATE_PARTITIONS="
+                "topics keyed by contact must all have WAGATE_PARTITIONS="
                 f"{topo.inbound.partitions} partitions, found {wrong}: set WAGATE_PARTITIONS to match, "
                 "or use a new WAGATE_TOPIC_PREFIX"
             )
@@ -70,5 +70,7 @@ async def _wait_for_metadata(admin: AIOKafkaAdminClient, names: list[str], timeo
         if all(found.get(name) for name in names):
             return
         if loop.time() > deadline:
-            raise TopologyError(f"topics not visible after {timeout:.0f} s: {sorted(set(names) - set(found))}")
+            raise TopologyError(
+                f"topics not visible after {timeout:.0f} s: {sorted(set(names) - set(found))}"
+            )
         await asyncio.sleep(0.2)

@@ -6,15 +6,18 @@ This is the only module that knows how the parts are wired together.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faust
-from faust.types import StreamT
+from faust.streams import Stream
+from faust.types import EventT, StreamT
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.agents.gate import Clock, Gate
 from streams.metrics import GateMetrics
+from streams.sensors import LeanMonitor
 from streams.settings import Settings
 from streams.topology import CONTACT_STATE_TABLE, Topology, topology
 
@@ -41,7 +44,7 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
         autodiscover=False,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
-        processing_guarantee=settings.processing_guarantee,
+        processing_guarantee="at_least_once",  # the gate's own sends are not transactional (yet)
         broker_commit_interval=settings.commit_interval_seconds,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
@@ -57,11 +60,16 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_in_thread=False,
+        monitor=LeanMonitor(),
     )
 
     def raw_topic(name: str) -> Any:
         return app.topic(
-            name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
             partitions=settings.partitions,
         )
 
@@ -75,17 +83,20 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
     metrics = GateMetrics()
     gate = Gate(app, topo, table, settings.rules, metrics, clock)
 
+    def batches(stream: StreamT[bytes]) -> AsyncIterator[Sequence[EventT[bytes]]]:
+        # The StreamT protocol lacks take_events; an agent is always given a concrete Stream.
+        concrete = cast(Stream[bytes], stream)
+        return concrete.take_events(settings.batch_size, within=settings.batch_wait_seconds)
+
     @app.agent(raw_topic(topo.inbound.name), name="inbound")
     async def inbound_agent(stream: StreamT[bytes]) -> None:
-        async for batch in stream.take_events(settings.batch_size, within=settings.batch_wait_seconds):
-            for event in batch:
-                await gate.on_inbound(event)
+        async for batch in batches(stream):
+            await gate.on_batch(batch, gate.on_inbound)
 
     @app.agent(raw_topic(topo.requests.name), name="requests")
     async def requests_agent(stream: StreamT[bytes]) -> None:
-        async for batch in stream.take_events(settings.batch_size, within=settings.batch_wait_seconds):
-            for event in batch:
-                await gate.on_request(event)
+        async for batch in batches(stream):
+            await gate.on_batch(batch, gate.on_request)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

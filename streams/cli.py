@@ -107,9 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("worker", help="create missing topics, then run a gate worker in the foreground").set_defaults(
-        func=cmd_worker
-    )
+    sub.add_parser(
+        "worker", help="create missing topics, then run a gate worker in the foreground"
+    ).set_defaults(func=cmd_worker)
     sub.add_parser("topics", help="create the gate's topics (idempotent) and list them").set_defaults(
         func=cmd_topics
     )
@@ -119,11 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     schemas.add_argument("--check", action="store_true", help="exit 1 if the files differ from the models")
     schemas.set_defaults(func=cmd_schemas)
 
-    demo = sub.add_parser("demo", help="replay the store-hours timeline against a running gate, print decisions")
+    demo = sub.add_parser(
+        "demo", help="replay the store-hours timeline against a running gate, print decisions"
+    )
     demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the decisions")
     demo.set_defaults(func=cmd_demo)
 
-    bench = sub.add_parser("bench", help="measure the gate against a bare aiokafka loop; prints one JSON object")
+    bench = sub.add_parser(
+        "bench", help="measure the gate against a bare aiokafka loop; prints one JSON object"
+    )
     bench.add_argument("--requests", type=int, default=200_000)
     bench.add_argument("--contacts", type=int, default=50_000)
     bench.add_argument("--out", default=None, help="also write the JSON result to this file")

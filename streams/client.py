@@ -49,7 +49,9 @@ class GateClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.producer.stop()
 
-    async def produce(self, topic: str, key: str | bytes | None, value: Any, partition: int | None = None) -> int:
+    async def produce(
+        self, topic: str, key: str | bytes | None, value: Any, partition: int | None = None
+    ) -> int:
         """Produce one record (dicts are JSON-encoded, bytes go as they are); returns its offset."""
         raw_key = key.encode() if isinstance(key, str) else key
         raw_value = value if isinstance(value, bytes) or value is None else orjson.dumps(value)
@@ -68,10 +70,15 @@ class GateClient:
             deadline = time.monotonic() + timeout
             while True:
                 committed = await admin.list_consumer_group_offsets(self.settings.faust_app_id)
-                if all(ends[tp] == 0 or (tp in committed and committed[tp].offset >= ends[tp]) for tp in partitions):
+                if all(
+                    ends[tp] == 0 or (tp in committed and committed[tp].offset >= ends[tp])
+                    for tp in partitions
+                ):
                     return
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"the gate did not consume {topic} within {timeout:.0f} s: is it running?")
+                    raise TimeoutError(
+                        f"the gate did not consume {topic} within {timeout:.0f} s: is it running?"
+                    )
                 await asyncio.sleep(0.2)
         finally:
             await probe.stop()
@@ -79,15 +86,21 @@ class GateClient:
 
     async def read(self, topics: Iterable[str], until: Any, timeout: float = 60.0) -> list[Record]:
         """Read ``topics`` from the start until ``until(records)`` is true; TimeoutError otherwise."""
-        consumer = AIOKafkaConsumer(*topics, bootstrap_servers=self.settings.kafka_bootstrap_servers,
-                                    auto_offset_reset="earliest", group_id=None)
+        consumer = AIOKafkaConsumer(
+            *topics,
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            auto_offset_reset="earliest",
+            group_id=None,
+        )
         await consumer.start()
         records: list[Record] = []
         try:
             deadline = time.monotonic() + timeout
             while not until(records):
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"condition not met within {timeout:.0f} s ({len(records)} records read)")
+                    raise TimeoutError(
+                        f"condition not met within {timeout:.0f} s ({len(records)} records read)"
+                    )
                 batches = await consumer.getmany(timeout_ms=200)
                 for tp, msgs in batches.items():
                     for m in msgs:
@@ -99,8 +112,12 @@ class GateClient:
     async def read_to_end(self, topics: Iterable[str], timeout: float = 60.0) -> list[Record]:
         """Everything in ``topics`` up to their current end offsets."""
         names = list(topics)
-        consumer = AIOKafkaConsumer(*names, bootstrap_servers=self.settings.kafka_bootstrap_servers,
-                                    auto_offset_reset="earliest", group_id=None)
+        consumer = AIOKafkaConsumer(
+            *names,
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            auto_offset_reset="earliest",
+            group_id=None,
+        )
         await consumer.start()
         try:
             partitions = [TopicPartition(name, p) for name in names for p in range(self.topo.send.partitions)]
@@ -110,7 +127,7 @@ class GateClient:
         seen: dict[TopicPartition, int] = {}
 
         def done(records: list[Record]) -> bool:
-            for r in records[len(seen_records):]:
+            for r in records[len(seen_records) :]:
                 seen[TopicPartition(r.topic, r.partition)] = r.offset + 1
             seen_records[:] = records
             return all(seen.get(tp, 0) >= end for tp, end in ends.items())

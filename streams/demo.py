@@ -30,15 +30,34 @@ class Step:
 
 
 STEPS = (
-    Step(D1_1005, "agent replies with store hours (free-form)", (D1_1000,),
-         {"origin": "agent", "message": {"type": "text", "text": {"body": "We're open 9-18."}}}),
-    Step(D1_1100, "human sends a follow-up image", (D1_1000,),
-         {"origin": "human", "message": {"type": "image", "image": {"link": "https://example.com/map.png"}}}),
-    Step(D3_0900, "automation follows up, with a fallback template", (D1_1000, D1_1130),
-         {"origin": "automation", "message": {"type": "text", "text": {"body": "How was your visit?"}},
-          "fallback_template": FALLBACK}),
-    Step(D3_0900, "automation follows up, no fallback", (D1_1000, D1_1130),
-         {"origin": "automation", "message": {"type": "text", "text": {"body": "How was your visit?"}}}),
+    Step(
+        D1_1005,
+        "agent replies with store hours (free-form)",
+        (D1_1000,),
+        {"origin": "agent", "message": {"type": "text", "text": {"body": "We're open 9-18."}}},
+    ),
+    Step(
+        D1_1100,
+        "human sends a follow-up image",
+        (D1_1000,),
+        {"origin": "human", "message": {"type": "image", "image": {"link": "https://example.com/map.png"}}},
+    ),
+    Step(
+        D3_0900,
+        "automation follows up, with a fallback template",
+        (D1_1000, D1_1130),
+        {
+            "origin": "automation",
+            "message": {"type": "text", "text": {"body": "How was your visit?"}},
+            "fallback_template": FALLBACK,
+        },
+    ),
+    Step(
+        D3_0900,
+        "automation follows up, no fallback",
+        (D1_1000, D1_1130),
+        {"origin": "automation", "message": {"type": "text", "text": {"body": "How was your visit?"}}},
+    ),
 )
 
 
@@ -58,17 +77,33 @@ async def run_demo(settings: Settings, timeout: float = 60.0) -> int:
         for i, step in enumerate(STEPS):
             user = f"user{i}"
             for n, minute in enumerate(step.history):
-                await client.produce(topo.inbound.name, f"{pnid}:{user}", {
-                    "event_id": f"wamid.{run}.{i}.{n}", "phone_number_id": pnid, "user": user,
-                    "timestamp": now - (step.at - minute) * 60, "kind": "message", "type": "text",
-                })
+                await client.produce(
+                    topo.inbound.name,
+                    f"{pnid}:{user}",
+                    {
+                        "event_id": f"wamid.{run}.{i}.{n}",
+                        "phone_number_id": pnid,
+                        "user": user,
+                        "timestamp": now - (step.at - minute) * 60,
+                        "kind": "message",
+                        "type": "text",
+                    },
+                )
         await client.wait_consumed(topo.inbound.name, timeout)
         for i, step in enumerate(STEPS):
             rid = f"{run}-{i}"
             request_ids.append(rid)
-            await client.produce(topo.requests.name, f"{pnid}:user{i}", {
-                "request_id": rid, "phone_number_id": pnid, "to": f"user{i}", "created_at": now, **step.request,
-            })
+            await client.produce(
+                topo.requests.name,
+                f"{pnid}:user{i}",
+                {
+                    "request_id": rid,
+                    "phone_number_id": pnid,
+                    "to": f"user{i}",
+                    "created_at": now,
+                    **step.request,
+                },
+            )
         decided = await client.decisions(request_ids, timeout)
     print()
     print(f"{'when':13} {'step':46} {'route':9} {'reason':15} window")
@@ -78,6 +113,8 @@ async def run_demo(settings: Settings, timeout: float = 60.0) -> int:
         left = ""
         if window["expires_at"]:
             hours = (window["expires_at"] - now) / HOUR
-            left = f" ({'closes in' if hours > 0 else 'closed'} {abs(hours):.1f} h{'' if hours > 0 else ' ago'})"
+            left = (
+                f" ({'closes in' if hours > 0 else 'closed'} {abs(hours):.1f} h{'' if hours > 0 else ' ago'})"
+            )
         print(f"{_clock(step.at):13} {step.label:46} {d['route']:9} {d['reason']:15} {window['state']}{left}")
     return 0

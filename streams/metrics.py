@@ -2,34 +2,55 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
+
+ORIGINS = frozenset({"agent", "human", "automation", "broadcast", "api"})
 
 
 class GateMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.decisions = Counter(
-            "wagate_decisions", "Decisions published, by route, reason and origin",
-            ["route", "reason", "origin"], registry=self.registry,
+            "wagate_decisions",
+            "Decisions published, by route, reason and origin",
+            ["route", "reason", "origin"],
+            registry=self.registry,
         )
         self.inbound_events = Counter(
-            "wagate_inbound_events", "Inbound events applied, by kind and window effect",
-            ["kind", "effect"], registry=self.registry,
+            "wagate_inbound_events",
+            "Inbound events applied, by kind and window effect",
+            ["kind", "effect"],
+            registry=self.registry,
         )
         self.dead_letters = Counter(
-            "wagate_dead_letters", "Records sent to the dead-letter topic, by source and cause",
-            ["source", "cause"], registry=self.registry,
+            "wagate_dead_letters",
+            "Records sent to the dead-letter topic, by source and cause",
+            ["source", "cause"],
+            registry=self.registry,
         )
         self.repartitioned = Counter(
-            "wagate_repartitioned", "Records found on the wrong partition and re-produced by key",
-            ["source"], registry=self.registry,
+            "wagate_repartitioned",
+            "Records found on the wrong partition and re-produced by key",
+            ["source"],
+            registry=self.registry,
         )
         self.decision_latency = Histogram(
-            "wagate_decision_latency_seconds", "Request created_at to decision time",
+            "wagate_decision_latency_seconds",
+            "Request created_at to decision time",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=self.registry,
         )
 
-    def origin_label(self, origin: str | None) -> str:
+        # labels() costs a lock and a lookup per call; the set of children is small and fixed.
+        self._decision_children: dict[tuple[str, str, str], Any] = {}
+
+    def count_decision(self, route: str, reason: str, origin: str | None) -> None:
         # An invalid request can carry any string as origin: keep the label set bounded.
-        return origin if origin in ("agent", "human", "automation", "broadcast", "api") else "unknown"
+        label = origin if origin in ORIGINS else "unknown"
+        key = (route, reason, label)
+        child = self._decision_children.get(key)
+        if child is None:
+            child = self._decision_children[key] = self.decisions.labels(route, reason, label)
+        child.inc()

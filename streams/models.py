@@ -68,7 +68,9 @@ class InboundEvent(_Open):
     user: NonEmpty = Field(description="wa_id, or the business-scoped user id when Meta sends no wa_id")
     timestamp: EpochSeconds = Field(description="WhatsApp's timestamp of the event")
     kind: InboundKind
-    type: NonEmpty = Field(description="Meta's type: text, image, button, ...; sent/delivered/...; connect/...")
+    type: NonEmpty = Field(
+        description="Meta's type: text, image, button, ...; sent/delivered/...; connect/..."
+    )
     group_id: NonEmpty | None = None
     waba_id: str | None = None
     direction: Literal["USER_INITIATED", "BUSINESS_INITIATED"] | None = None

@@ -24,22 +24,32 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "WAGATE_KAFKA_BOOTSTRAP_SERVERS"),
         description="host:port[,host:port] of the Kafka cluster",
     )
-    app_id: str = Field(default="wagate", description="Faust app id: consumer group and changelog topic prefix")
+    app_id: str = Field(
+        default="wagate", description="Faust app id: consumer group and changelog topic prefix"
+    )
     topic_prefix: str = Field(default="", description="prefix for every topic name, e.g. 'staging.'")
-    partitions: int = Field(default=4, ge=1, description="partitions of wa.inbound, wa.outbound.requests, state")
-    replication_factor: int = Field(default=1, ge=1)
+    partitions: int = Field(
+        default=4, ge=1, description="partitions of wa.inbound, wa.outbound.requests, state"
+    )
+    replication_factor: int = Field(default=1, ge=1, description="replication of topics the gate creates")
     data_dir: Path = Field(default=Path("var/wagate"), description="RocksDB state directory of this worker")
     store: Literal["rocksdb", "memory"] = Field(
         default="rocksdb", description="table store; memory only for unit tests"
     )
     web_enabled: bool = Field(default=True, description="serve /metrics on web_host:web_port")
-    web_host: str = Field(default="127.0.0.1")
-    web_port: int = Field(default=6066, ge=1, le=65535)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    web_host: str = Field(default="127.0.0.1", description="address the HTTP server binds to")
+    web_port: int = Field(default=6066, ge=1, le=65535, description="port of /metrics")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="worker log level (payloads are never logged)"
+    )
 
     window_seconds: float = Field(default=86_400.0, gt=0, description="customer service window length")
-    safety_margin_seconds: float = Field(default=120.0, ge=0, description="free-form needs this much window left")
-    future_skew_seconds: float = Field(default=60.0, ge=0, description="inbound timestamps beyond now+skew are clamped")
+    safety_margin_seconds: float = Field(
+        default=120.0, ge=0, description="free-form needs this much window left"
+    )
+    future_skew_seconds: float = Field(
+        default=60.0, ge=0, description="inbound timestamps beyond now+skew are clamped"
+    )
     dedupe_horizon_seconds: float = Field(
         default=7 * 86_400.0, gt=0, description="how long a decided request_id is remembered per contact"
     )
@@ -65,8 +75,9 @@ class Settings(BaseSettings):
         default=0.005, gt=0, description="how long an agent waits to fill a batch (bounds added latency)"
     )
 
-    commit_interval_seconds: float = Field(default=1.0, gt=0, description="how often consumed offsets are committed")
-    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    commit_interval_seconds: float = Field(
+        default=1.0, gt=0, description="how often consumed offsets are committed"
+    )
 
     @field_validator("opener_message_types", "group_unsupported_types")
     @classmethod

@@ -16,7 +16,7 @@ class TopicSpec:
     name: str
     partitions: int
     compacted: bool = False
-    # Must share the state's partitioning (contract section 1).
+    # Keyed by contact key with the state's partition count (contract section 1).
     copartitioned: bool = False
 
 
@@ -35,8 +35,11 @@ class Topology:
     contact_state_changelog: TopicSpec
 
     def all(self) -> list[TopicSpec]:
-        return [value for value in (getattr(self, name) for name in self.__dataclass_fields__)
-                if isinstance(value, TopicSpec)]
+        return [
+            value
+            for value in (getattr(self, name) for name in self.__dataclass_fields__)
+            if isinstance(value, TopicSpec)
+        ]
 
     def route_topic(self, route: str) -> str:
         return {"send": self.send.name, "template": self.template.name, "rejected": self.rejected.name}[route]
@@ -58,10 +61,11 @@ def topology(settings: Settings) -> Topology:
         inbound=topic("wa.inbound", copartitioned=True),
         templates=topic("wa.templates", compacted=True),
         requests=topic("wa.outbound.requests", copartitioned=True),
-        send=topic("wa.outbound.send"),
-        template=topic("wa.outbound.template"),
-        rejected=topic("wa.outbound.rejected"),
-        windows=topic("wa.windows"),
+        # Keyed by contact and written with an explicit murmur2 partition: same count as the inputs.
+        send=topic("wa.outbound.send", copartitioned=True),
+        template=topic("wa.outbound.template", copartitioned=True),
+        rejected=topic("wa.outbound.rejected", copartitioned=True),
+        windows=topic("wa.windows", copartitioned=True),
         deadletter=topic("wa.deadletter"),
         # Faust names a table's changelog "<app id>-<table>-changelog"; it holds the contact state.
         contact_state_changelog=TopicSpec(

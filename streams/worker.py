@@ -11,7 +11,7 @@ import faust
 _PAYLOAD_LOGGERS = ("aiokafka", "kafka")
 
 
-class GateWorker(faust.Worker):  # type: ignore[misc]
+class GateWorker(faust.Worker):
     def __init__(self, app: faust.App, loglevel: str, **kwargs: Any) -> None:
         super().__init__(app, loglevel=loglevel, quiet=True, **kwargs)
         # Faust's terminal spinner puts the root logger at DEBUG, so every produce built a log record.

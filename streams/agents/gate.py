@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from faust.types import AppT, EventT, TableT
@@ -59,10 +59,12 @@ class Gate:
         self.metrics = metrics
         self.clock = clock
         self.partitions = topo.requests.partitions
+        # Newest changelog send per partition in the current batch: its offset is persisted once.
+        self._last_changelog: dict[int, Any] = {}
 
     # -- inputs ---------------------------------------------------------------------------------
 
-    async def on_inbound(self, event: EventT) -> None:
+    async def on_inbound(self, event: EventT[bytes]) -> None:
         message = event.message
         try:
             parsed = parse_inbound_event(message.value)
@@ -70,17 +72,17 @@ class Gate:
                 await self.dead_letter(event, parsed.detail, cause="invalid_inbound")
                 return
             key = contact_key(parsed.phone_number_id, parsed.user, parsed.group_id)
-            if await self._repartitioned(event, key, "inbound"):
+            if await self._repartitioned(event, key, partition_for(key, self.partitions), "inbound"):
                 return
             state = self._load(key, message.partition)
             new_state, effect = apply_inbound(state, parsed, self.clock(), self.rules)
             if new_state is not state:
                 await self._store(key, new_state, message.partition)
             self.metrics.inbound_events.labels(parsed.kind, effect.value).inc()
-        except Exception as exc:  # noqa: BLE001 - bad input must never stop the worker
+        except Exception as exc:
             await self._internal_error(event, exc)
 
-    async def on_request(self, event: EventT) -> None:
+    async def on_request(self, event: EventT[bytes]) -> None:
         message = event.message
         try:
             now = self.clock()
@@ -88,34 +90,37 @@ class Gate:
             if isinstance(parsed, InvalidPayload):
                 rejection = decide_invalid(parsed, _text_or_b64(message.key), now)
                 if rejection is None:
-                    await self.dead_letter(event, parsed.detail + "; no request_id could be read", "invalid_request")
+                    await self.dead_letter(
+                        event, parsed.detail + "; no request_id could be read", "invalid_request"
+                    )
                 else:
                     await self.publish(rejection, message.key)
                 return
             request, received = parsed
             key = request_contact_key(request.phone_number_id, request.to, request.recipient_type)
-            if await self._repartitioned(event, key, "requests"):
+            partition = partition_for(
+                key, self.partitions
+            )  # hashed once: checked here, reused for the output
+            if await self._repartitioned(event, key, partition, "requests"):
                 return
             state = self._load(key, message.partition)
             decision, new_state = decide(request, received, state, now, self.rules)
             if new_state is not state:
                 await self._store(key, new_state, message.partition)
-            await self.publish(decision, key.encode())
+            await self.publish(decision, key.encode(), partition)
             if request.created_at is not None:
                 self.metrics.decision_latency.observe(max(0.0, now - request.created_at))
-        except Exception as exc:  # noqa: BLE001 - bad input must never stop the worker
+        except Exception as exc:
             await self._internal_error(event, exc)
 
     # -- outputs --------------------------------------------------------------------------------
 
-    async def publish(self, decision: Decision, key: bytes | None) -> None:
+    async def publish(self, decision: Decision, key: bytes | None, partition: int | None = None) -> None:
         value = decision.__pydantic_serializer__.to_json(decision)
-        await self._produce(self.topo.route_topic(decision.route), key, value)
-        self.metrics.decisions.labels(
-            decision.route, decision.reason, self.metrics.origin_label(decision.origin)
-        ).inc()
+        await self._produce(self.topo.route_topic(decision.route), key, value, partition)
+        self.metrics.count_decision(decision.route, decision.reason, decision.origin)
 
-    async def dead_letter(self, event: EventT, error: str, cause: str) -> None:
+    async def dead_letter(self, event: EventT[bytes], error: str, cause: str) -> None:
         message = event.message
         record = DeadLetter.model_construct(
             topic=message.topic,
@@ -126,23 +131,27 @@ class Gate:
             error=error,
             at=self.clock(),
         )
-        await self._produce(self.topo.deadletter.name, message.key, record.__pydantic_serializer__.to_json(record))
+        await self._produce(
+            self.topo.deadletter.name, message.key, record.__pydantic_serializer__.to_json(record)
+        )
         self.metrics.dead_letters.labels(message.topic.removeprefix(self.topo.prefix), cause).inc()
 
-    async def _internal_error(self, event: EventT, exc: Exception) -> None:
+    async def _internal_error(self, event: EventT[bytes], exc: Exception) -> None:
         # Log the type and position only: the exception text may quote the payload (PII).
         message = event.message
         log.error(
             "internal error on %s[%d]@%d: %s (record dead-lettered)",
-            message.topic, message.partition, message.offset, type(exc).__name__,
+            message.topic,
+            message.partition,
+            message.offset,
+            type(exc).__name__,
             exc_info=log.isEnabledFor(logging.DEBUG),
         )
         await self.dead_letter(event, f"internal error: {type(exc).__name__}", cause="internal_error")
 
-    async def _repartitioned(self, event: EventT, key: str, source: str) -> bool:
+    async def _repartitioned(self, event: EventT[bytes], key: str, expected: int, source: str) -> bool:
         """Re-produce a record that sits on the wrong partition for its contact; True if it did."""
         message = event.message
-        expected = partition_for(key, self.partitions)
         if message.partition == expected:
             return False
         await self._produce(message.topic, key.encode(), message.value, partition=expected)
@@ -157,12 +166,23 @@ class Gate:
     async def _store(self, key: str, state: ContactState, partition: int) -> None:
         raw_key, value = key.encode(), state.to_bytes()
         self.state.put(partition, raw_key, value)
-        fut = await self._produce(self.topo.contact_state_changelog.name, raw_key, value, partition=partition)
-        fut.add_done_callback(self._on_changelog_delivered)
+        self._last_changelog[partition] = await self._produce(
+            self.topo.contact_state_changelog.name, raw_key, value, partition=partition
+        )
+
+    async def on_batch(
+        self, batch: Sequence[EventT[bytes]], handle: Callable[[EventT[bytes]], Awaitable[None]]
+    ) -> None:
+        for event in batch:
+            await handle(event)
+        # Once per batch: remember how far each partition's changelog is written (Faust: per write).
+        for fut in self._last_changelog.values():
+            fut.add_done_callback(self._on_changelog_delivered)
+        self._last_changelog.clear()
 
     def _on_changelog_delivered(self, fut: Any) -> None:
         if not fut.cancelled() and fut.exception() is None:
-            # What Faust does for its own changelog writes: recovery resumes after this offset.
+            # Recovery resumes reading the changelog after this offset.
             self.state.persisted(fut.result().topic_partition, fut.result().offset)
 
     async def _produce(

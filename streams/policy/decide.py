@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.models import Decision, Pricing, Reason, Route, SendRequest, WindowView
+from streams.models import Decision, Intent, Pricing, Reason, RecipientType, Route, SendRequest, WindowView
 from streams.policy.keys import request_contact_key
 from streams.policy.parse import InvalidPayload
 from streams.policy.pricing import price
@@ -18,10 +18,12 @@ from streams.policy.window import ContactState, WindowSnapshot, remember_decisio
 _NO_WINDOW = WindowView.model_construct(state="none", last_inbound_at=None, expires_at=None)
 
 _FREE_FORM_DETAIL: dict[str, str] = {
-    "window_closed": "The customer service window closed at {expires}; free-form messages need a template.",
+    "window_closed": "The customer service window is closed{since}; free-form messages need a template.",
     "no_window": "The user has never messaged this number, so only a template can start the conversation.",
     "window_closing": "The window closes at {expires}, within the {margin:.0f} s safety margin.",
-    "marketing_requires_template": "Marketing content must go out as a marketing template, even in an open window.",
+    "marketing_requires_template": (
+        "Marketing content must go out as a marketing template, even in an open window."
+    ),
 }
 
 
@@ -32,7 +34,12 @@ def _window_view(snapshot: WindowSnapshot) -> WindowView:
 
 
 def _cloud_body(request: SendRequest, message: dict[str, Any]) -> dict[str, Any]:
-    return {"messaging_product": "whatsapp", "recipient_type": request.recipient_type, "to": request.to, **message}
+    return {
+        "messaging_product": "whatsapp",
+        "recipient_type": request.recipient_type,
+        "to": request.to,
+        **message,
+    }
 
 
 def _decision(
@@ -76,7 +83,13 @@ def _free_form(
         body = _cloud_body(request, received["message"])
         left = snapshot.seconds_left
         return _decision(
-            request, received, route="send", reason="window_open", now=now, window=window, message=body,
+            request,
+            received,
+            route="send",
+            reason="window_open",
+            now=now,
+            window=window,
+            message=body,
             detail=f"The window is open for another {left / 3600:.1f} h.",
             pricing=price(is_template=False, intent=request.intent, window_open=True, now=now),
         )
@@ -86,19 +99,35 @@ def _free_form(
         reason = "window_closed"
     else:
         reason = "no_window"
-    detail = _FREE_FORM_DETAIL[reason].format(expires=snapshot.expires_at, margin=rules.safety_margin_seconds)
+    since = "" if snapshot.expires_at is None else f" since {snapshot.expires_at:.0f}"
+    detail = _FREE_FORM_DETAIL[reason].format(
+        expires=snapshot.expires_at, since=since, margin=rules.safety_margin_seconds
+    )
     fallback = request.fallback_template
     if fallback is None:
         return _decision(
-            request, received, route="rejected", reason=reason, now=now, window=window,
+            request,
+            received,
+            route="rejected",
+            reason=reason,
+            now=now,
+            window=window,
             detail=detail + " No fallback_template was given.",
         )
     body = _cloud_body(request, {"type": "template", "template": received["fallback_template"]})
-    fallback_intent = "marketing" if request.intent == "marketing" else "utility"
+    fallback_intent: Intent = "marketing" if request.intent == "marketing" else "utility"
     return _decision(
-        request, received, route="template", reason=reason, now=now, window=window, message=body,
+        request,
+        received,
+        route="template",
+        reason=reason,
+        now=now,
+        window=window,
+        message=body,
         detail=detail + f" Sending fallback template '{fallback.name}' ({fallback.language.code}) instead.",
-        pricing=price(is_template=True, intent=fallback_intent, window_open=snapshot.state == "open", now=now),
+        pricing=price(
+            is_template=True, intent=fallback_intent, window_open=snapshot.state == "open", now=now
+        ),
     )
 
 
@@ -109,7 +138,11 @@ def decide(
     if request.request_id in state.decided:
         at = state.decided[request.request_id]
         decision = _decision(
-            request, received, route="rejected", reason="duplicate_request", now=now,
+            request,
+            received,
+            route="rejected",
+            reason="duplicate_request",
+            now=now,
             window=_window_view(view(state, now, rules)),
             detail=f"request_id '{request.request_id}' was already decided at {at}; it is never sent twice.",
         )
@@ -124,7 +157,11 @@ def _decide_new(
     snapshot = view(state, now, rules)
     if request.not_after is not None and now > request.not_after:
         return _decision(
-            request, received, route="rejected", reason="stale_request", now=now,
+            request,
+            received,
+            route="rejected",
+            reason="stale_request",
+            now=now,
             window=_window_view(snapshot),
             detail=f"Decided at {now:.3f}, after the request's not_after {request.not_after}.",
         )
@@ -134,17 +171,28 @@ def _decide_new(
     ):
         recipient = "a group" if request.recipient_type == "group" else "a user"
         return _decision(
-            request, received, route="rejected", reason="unsupported_message", now=now,
+            request,
+            received,
+            route="rejected",
+            reason="unsupported_message",
+            now=now,
             window=_window_view(snapshot),
             detail=f"Message type '{mtype}' cannot be sent to {recipient}.",
         )
     if mtype == "template":
         template = received["message"]["template"]
         return _decision(
-            request, received, route="send", reason="template_unverified", now=now,
-            window=_window_view(snapshot), message=_cloud_body(request, received["message"]),
-            detail=f"Template '{template['name']}' is sent unverified: no template registry for this account yet.",
-            pricing=price(is_template=True, intent=request.intent, window_open=snapshot.state == "open", now=now),
+            request,
+            received,
+            route="send",
+            reason="template_unverified",
+            now=now,
+            window=_window_view(snapshot),
+            message=_cloud_body(request, received["message"]),
+            detail=f"Template '{template['name']}' is sent unverified: no template registry for it yet.",
+            pricing=price(
+                is_template=True, intent=request.intent, window_open=snapshot.state == "open", now=now
+            ),
         )
     return _free_form(request, received, snapshot, now, rules)
 
@@ -159,13 +207,15 @@ def decide_invalid(invalid: InvalidPayload, record_key: str | None, now: float) 
         value = received.get(name)
         return value if isinstance(value, str) else None
 
-    recipient_type = field("recipient_type")
+    recipient_type: RecipientType | None = None
+    if received.get("recipient_type") in ("individual", "group"):
+        recipient_type = received["recipient_type"]
     return Decision.model_construct(
         request_id=invalid.request_id,
         contact=record_key,
         phone_number_id=field("phone_number_id"),
         to=field("to"),
-        recipient_type=recipient_type if recipient_type in ("individual", "group") else None,
+        recipient_type=recipient_type,
         origin=field("origin"),
         route="rejected",
         reason="invalid_request",

@@ -47,11 +47,11 @@ def _load_object(raw: bytes | None, payload: str) -> dict[str, Any] | InvalidPay
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return InvalidPayload(f"{payload} is not valid JSON ({exc}); send one UTF-8 JSON object", _as_text(raw))
-    if not isinstance(data, dict):
         return InvalidPayload(
-            f"{payload} must be a JSON object, got {type(data).__name__}", _as_text(raw)
+            f"{payload} is not valid JSON ({exc}); send one UTF-8 JSON object", _as_text(raw)
         )
+    if not isinstance(data, dict):
+        return InvalidPayload(f"{payload} must be a JSON object, got {type(data).__name__}", _as_text(raw))
     return data
 
 

@@ -8,8 +8,17 @@ from dataclasses import dataclass, field
 # reaction, system, unsupported and request_welcome are undocumented: off by default, a setting adds them.
 DEFAULT_OPENER_TYPES: frozenset[str] = frozenset(
     {
-        "text", "image", "video", "audio", "document", "sticker", "location",
-        "contacts", "interactive", "button", "order",
+        "text",
+        "image",
+        "video",
+        "audio",
+        "document",
+        "sticker",
+        "location",
+        "contacts",
+        "interactive",
+        "button",
+        "order",
     }
 )
 # Call events that mean the user called, or accepted a business call.
@@ -21,8 +30,17 @@ NUMBER_CHANGE_TYPE = "user_changed_number"
 # Cloud API message types a business can send; anything else cannot be delivered.
 SENDABLE_MESSAGE_TYPES: frozenset[str] = frozenset(
     {
-        "text", "image", "video", "audio", "document", "sticker", "location", "contacts",
-        "interactive", "template", "reaction",
+        "text",
+        "image",
+        "video",
+        "audio",
+        "document",
+        "sticker",
+        "location",
+        "contacts",
+        "interactive",
+        "template",
+        "reaction",
     }
 )
 

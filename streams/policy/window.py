@@ -8,7 +8,7 @@ an old retry never moves the window back.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -45,7 +45,7 @@ class ContactState:
 EMPTY_STATE = ContactState()
 
 
-class InboundEffect(str, Enum):
+class InboundEffect(StrEnum):
     OPENED = "opened"  # no open window before, open now
     REFRESHED = "refreshed"  # an open window got a later expiry
     CLOSED = "closed"  # an authoritative close signal
@@ -104,9 +104,8 @@ def view(state: ContactState, now: float, rules: WindowRules) -> WindowSnapshot:
     opener = state.last_opener_at
     closed = state.closed_at
     if opener is None:
-        if closed is None:
-            return WindowSnapshot("none", None, None, 0.0)
-        return WindowSnapshot("closed", None, closed, 0.0)
+        # Closed by Meta's word (131047, number change) before we saw any opener: no expiry to report.
+        return WindowSnapshot("none" if closed is None else "closed", None, None, 0.0)
     expires = opener + rules.window_seconds
     if closed is not None and closed >= opener:
         expires = min(expires, closed)

@@ -38,10 +38,17 @@ def start_and_wait(gate: Gate, timeout: float = 90.0) -> None:
     """Start the worker and wait until it decides a probe request."""
     gate.worker.start()
     probe = f"probe-{uuid.uuid4().hex[:6]}"
-    gate.produce(gate.topo.requests.name, "probe:x", {
-        "request_id": probe, "phone_number_id": "probe", "to": "x", "origin": "api",
-        "message": {"type": "text", "text": {"body": "probe"}},
-    })
+    gate.produce(
+        gate.topo.requests.name,
+        "probe:x",
+        {
+            "request_id": probe,
+            "phone_number_id": "probe",
+            "to": "x",
+            "origin": "api",
+            "message": {"type": "text", "text": {"body": "probe"}},
+        },
+    )
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -67,12 +74,34 @@ def pnid() -> str:
     return f"pn{uuid.uuid4().hex[:10]}"
 
 
-def inbound(pnid: str, user: str, ts: float, *, kind: str = "message", type: str = "text",
-            event_id: str | None = None, **extra: Any) -> dict[str, Any]:
-    return {"event_id": event_id or f"wamid.{uuid.uuid4().hex}", "phone_number_id": pnid, "user": user,
-            "timestamp": ts, "kind": kind, "type": type, **extra}
+def inbound(
+    pnid: str,
+    user: str,
+    ts: float,
+    *,
+    kind: str = "message",
+    type: str = "text",
+    event_id: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "event_id": event_id or f"wamid.{uuid.uuid4().hex}",
+        "phone_number_id": pnid,
+        "user": user,
+        "timestamp": ts,
+        "kind": kind,
+        "type": type,
+        **extra,
+    }
 
 
 def text_request(pnid: str, to: str, request_id: str, **extra: Any) -> dict[str, Any]:
-    return {"request_id": request_id, "phone_number_id": pnid, "to": to, "origin": "agent",
-            "message": {"type": "text", "text": {"body": "hello"}}, "created_at": time.time(), **extra}
+    return {
+        "request_id": request_id,
+        "phone_number_id": pnid,
+        "to": to,
+        "origin": "agent",
+        "message": {"type": "text", "text": {"body": "hello"}},
+        "created_at": time.time(),
+        **extra,
+    }

@@ -69,7 +69,10 @@ class Worker:
     def start(self) -> None:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "streams.cli", "worker"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
 
@@ -103,8 +106,11 @@ class Gate:
     def __init__(self, bootstrap: str, workdir: Path, partitions: int = 4, **env: str) -> None:
         self.prefix = f"it{uuid.uuid4().hex[:8]}."
         self.settings = Settings(
-            kafka_bootstrap_servers=bootstrap, topic_prefix=self.prefix, partitions=partitions,
-            data_dir=workdir / self.prefix / "state", web_port=free_port(),
+            kafka_bootstrap_servers=bootstrap,
+            topic_prefix=self.prefix,
+            partitions=partitions,
+            data_dir=workdir / self.prefix / "state",
+            web_port=free_port(),
         )
         self.topo = topology(self.settings)
         run(ensure_topics(bootstrap, self.topo))  # up front, as a deployment does
@@ -113,7 +119,9 @@ class Gate:
         self.worker = self.new_worker()
 
     def new_worker(self, data_dir: Path | None = None) -> Worker:
-        settings = self.settings if data_dir is None else self.settings.model_copy(update={"data_dir": data_dir})
+        settings = (
+            self.settings if data_dir is None else self.settings.model_copy(update={"data_dir": data_dir})
+        )
         return Worker(settings, self.workdir / f"{self.prefix}worker.log", **self.env)
 
     def produce(self, topic: str, key: str | bytes | None, value: Any, partition: int | None = None) -> int:

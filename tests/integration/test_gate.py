@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import time
+from typing import Any
 
 import orjson
 
-from streams.models import Decision, DeadLetter
+from streams.models import DeadLetter, Decision
 from streams.policy.keys import partition_for
 
 from .conftest import inbound, text_request
@@ -20,15 +21,21 @@ FALLBACK = {"name": "follow_up", "language": {"code": "en_US"}, "components": []
 def test_requests_are_routed_by_window_with_complete_payloads(gate: Gate, pnid: str) -> None:
     now = time.time()
     t = gate.topo
-    gate.produce_many([
-        (t.inbound.name, f"{pnid}:open", inbound(pnid, "open", now - HOUR)),
-        (t.inbound.name, f"{pnid}:lapsed", inbound(pnid, "lapsed", now - 30 * HOUR)),
-        (t.inbound.name, f"{pnid}:closing", inbound(pnid, "closing", now - 24 * HOUR + 30)),
-        # a delivered status never opens a window
-        (t.inbound.name, f"{pnid}:status", inbound(pnid, "status", now - 60, kind="status", type="delivered")),
-    ])
+    gate.produce_many(
+        [
+            (t.inbound.name, f"{pnid}:open", inbound(pnid, "open", now - HOUR)),
+            (t.inbound.name, f"{pnid}:lapsed", inbound(pnid, "lapsed", now - 30 * HOUR)),
+            (t.inbound.name, f"{pnid}:closing", inbound(pnid, "closing", now - 24 * HOUR + 30)),
+            # a delivered status never opens a window
+            (
+                t.inbound.name,
+                f"{pnid}:status",
+                inbound(pnid, "status", now - 60, kind="status", type="delivered"),
+            ),
+        ]
+    )
     gate.wait_consumed(t.inbound.name)
-    cases = {
+    cases: dict[str, tuple[str, dict[str, Any], str, str]] = {
         "open": ("open", {}, "send", "window_open"),
         "lapsed-fb": ("lapsed", {"fallback_template": FALLBACK}, "template", "window_closed"),
         "lapsed": ("lapsed", {}, "rejected", "window_closed"),
@@ -36,7 +43,12 @@ def test_requests_are_routed_by_window_with_complete_payloads(gate: Gate, pnid: 
         "never": ("never", {}, "rejected", "no_window"),
         "status": ("status", {}, "rejected", "no_window"),
         "marketing": ("open", {"intent": "marketing"}, "rejected", "marketing_requires_template"),
-        "template": ("never", {"message": {"type": "template", "template": FALLBACK}}, "send", "template_unverified"),
+        "template": (
+            "never",
+            {"message": {"type": "template", "template": FALLBACK}},
+            "send",
+            "template_unverified",
+        ),
         "stale": ("open", {"not_after": now - 1}, "rejected", "stale_request"),
     }
     for name, (user, extra, _, _) in cases.items():
@@ -51,8 +63,13 @@ def test_requests_are_routed_by_window_with_complete_payloads(gate: Gate, pnid: 
         assert record.key == f"{pnid}:{user}".encode()
         assert "__faust" not in record.value
     open_send = decided[f"{pnid}-open"][0].value
-    assert open_send["message"] == {"messaging_product": "whatsapp", "recipient_type": "individual",
-                                    "to": "open", "type": "text", "text": {"body": "hello"}}
+    assert open_send["message"] == {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": "open",
+        "type": "text",
+        "text": {"body": "hello"},
+    }
     assert open_send["window"]["state"] == "open"
     assert abs(open_send["window"]["expires_at"] - (now - HOUR + 24 * HOUR)) < 1e-3
     converted = decided[f"{pnid}-lapsed-fb"][0].value
@@ -79,8 +96,17 @@ def test_bad_requests_mid_stream_are_routed_and_the_rest_still_decided(gate: Gat
     key = f"{pnid}:u"
     gate.produce(t.requests.name, key, text_request(pnid, "u", f"{pnid}-before"))
     not_json_offset = gate.produce(t.requests.name, key, b"{this is not json")
-    gate.produce(t.requests.name, key, {"request_id": f"{pnid}-bad", "phone_number_id": pnid, "to": "u",
-                                        "origin": "robot", "message": {"type": "text", "text": {"body": "x"}}})
+    gate.produce(
+        t.requests.name,
+        key,
+        {
+            "request_id": f"{pnid}-bad",
+            "phone_number_id": pnid,
+            "to": "u",
+            "origin": "robot",
+            "message": {"type": "text", "text": {"body": "x"}},
+        },
+    )
     no_id_offset = gate.produce(t.requests.name, key, {"phone_number_id": pnid})
     gate.produce(t.requests.name, key, text_request(pnid, "u", f"{pnid}-after"))
     decided = gate.decisions([f"{pnid}-before", f"{pnid}-bad", f"{pnid}-after"])
@@ -93,8 +119,11 @@ def test_bad_requests_mid_stream_are_routed_and_the_rest_still_decided(gate: Gat
     partition = partition_for(key, gate.settings.partitions)
 
     def mine(records: list) -> list:  # type: ignore[type-arg]
-        return [r for r in records if r.key == key.encode() and r.value["partition"] == partition
-                and r.value["offset"] in wanted]
+        return [
+            r
+            for r in records
+            if r.key == key.encode() and r.value["partition"] == partition and r.value["offset"] in wanted
+        ]
 
     letters = mine(gate.dead_letters(lambda records: len(mine(records)) == 2))
     by_offset = {r.value["offset"]: DeadLetter.model_validate(r.value) for r in letters}
@@ -107,14 +136,18 @@ def test_bad_requests_mid_stream_are_routed_and_the_rest_still_decided(gate: Gat
 def test_invalid_inbound_event_is_dead_lettered_and_the_next_one_applies(gate: Gate, pnid: str) -> None:
     t = gate.topo
     key = f"{pnid}:u"
-    bad_offset = gate.produce(t.inbound.name, key, {"event_id": "x", "phone_number_id": pnid, "user": "u",
-                                                    "kind": "message", "type": "text"})  # no timestamp
+    bad_offset = gate.produce(
+        t.inbound.name,
+        key,
+        {"event_id": "x", "phone_number_id": pnid, "user": "u", "kind": "message", "type": "text"},
+    )  # no timestamp
     gate.produce(t.inbound.name, key, inbound(pnid, "u", time.time() - 60))
     gate.wait_consumed(t.inbound.name)
     gate.produce(t.requests.name, key, text_request(pnid, "u", f"{pnid}-r"))
     assert gate.decision(f"{pnid}-r").value["reason"] == "window_open"
     letters = gate.dead_letters(
-        lambda records: any(r.key == key.encode() and r.value["offset"] == bad_offset for r in records))
+        lambda records: any(r.key == key.encode() and r.value["offset"] == bad_offset for r in records)
+    )
     letter = next(r.value for r in letters if r.key == key.encode() and r.value["offset"] == bad_offset)
     assert "'timestamp' is required" in letter["error"]
     assert orjson.loads(base64.b64decode(letter["value_b64"]))["event_id"] == "x"
@@ -148,10 +181,13 @@ def test_a_mis_keyed_record_is_moved_to_its_contacts_partition(gate: Gate, pnid:
 
 def test_a_group_participants_message_opens_the_groups_window(gate: Gate, pnid: str) -> None:
     t = gate.topo
-    gate.produce(t.inbound.name, f"{pnid}:group:g1", inbound(pnid, "participant7", time.time() - 60, group_id="g1"))
+    gate.produce(
+        t.inbound.name, f"{pnid}:group:g1", inbound(pnid, "participant7", time.time() - 60, group_id="g1")
+    )
     gate.wait_consumed(t.inbound.name)
-    gate.produce(t.requests.name, f"{pnid}:group:g1",
-                 text_request(pnid, "g1", f"{pnid}-g", recipient_type="group"))
+    gate.produce(
+        t.requests.name, f"{pnid}:group:g1", text_request(pnid, "g1", f"{pnid}-g", recipient_type="group")
+    )
     gate.produce(t.requests.name, f"{pnid}:participant7", text_request(pnid, "participant7", f"{pnid}-p"))
     decided = gate.decisions([f"{pnid}-g", f"{pnid}-p"])
     group = decided[f"{pnid}-g"][0].value
@@ -161,13 +197,25 @@ def test_a_group_participants_message_opens_the_groups_window(gate: Gate, pnid: 
     assert decided[f"{pnid}-p"][0].value["reason"] == "no_window"
 
 
-def test_a_re_engagement_failure_closes_the_window_and_a_newer_message_reopens_it(gate: Gate, pnid: str) -> None:
+def test_a_re_engagement_failure_closes_the_window_and_a_newer_message_reopens_it(
+    gate: Gate, pnid: str
+) -> None:
     t = gate.topo
     now = time.time()
     key = f"{pnid}:u"
     gate.produce(t.inbound.name, key, inbound(pnid, "u", now - HOUR))
-    gate.produce(t.inbound.name, key, inbound(pnid, "u", now - 600, kind="status", type="failed",
-                                              errors=[{"code": 131047, "title": "Re-engagement message"}]))
+    gate.produce(
+        t.inbound.name,
+        key,
+        inbound(
+            pnid,
+            "u",
+            now - 600,
+            kind="status",
+            type="failed",
+            errors=[{"code": 131047, "title": "Re-engagement message"}],
+        ),
+    )
     gate.wait_consumed(t.inbound.name)
     gate.produce(t.requests.name, key, text_request(pnid, "u", f"{pnid}-1"))
     assert gate.decision(f"{pnid}-1").value["reason"] == "window_closed"
@@ -183,7 +231,7 @@ def test_metrics_count_decisions_without_personal_data(gate: Gate, pnid: str) ->
     gate.produce(gate.topo.requests.name, f"{pnid}:u", text_request(pnid, "u", f"{pnid}-m"))
     gate.decision(f"{pnid}-m")
     url = f"http://127.0.0.1:{gate.settings.web_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(url, timeout=10) as response:
         body = response.read().decode()
     assert 'wagate_decisions_total{origin="agent",reason="no_window",route="rejected"}' in body
     assert pnid not in body

@@ -10,6 +10,7 @@ import shutil
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,12 +26,24 @@ REQUESTS = 3000
 def _load(gate: Gate, pnid: str) -> list[str]:
     now = time.time()
     t = gate.topo
-    records = [(t.inbound.name, f"{pnid}:u{i}", inbound(pnid, f"u{i}", now - HOUR)) for i in range(OPEN_USERS)]
+    records = [
+        (t.inbound.name, f"{pnid}:u{i}", inbound(pnid, f"u{i}", now - HOUR)) for i in range(OPEN_USERS)
+    ]
     # "closed": open once, then Meta's 131047 closed it; it must stay closed across restarts.
     records += [
         (t.inbound.name, f"{pnid}:closed", inbound(pnid, "closed", now - 2 * HOUR)),
-        (t.inbound.name, f"{pnid}:closed", inbound(pnid, "closed", now - HOUR, kind="status", type="failed",
-                                                    errors=[{"code": 131047, "title": "Re-engagement"}])),
+        (
+            t.inbound.name,
+            f"{pnid}:closed",
+            inbound(
+                pnid,
+                "closed",
+                now - HOUR,
+                kind="status",
+                type="failed",
+                errors=[{"code": 131047, "title": "Re-engagement"}],
+            ),
+        ),
     ]
     gate.produce_many(records)
     gate.wait_consumed(t.inbound.name)
@@ -63,7 +76,9 @@ def _check(gate: Gate, pnid: str, ids: list[str]) -> Counter[str]:
         outcome["duplicates"] += len(extra)
     # After the restart: open windows are remembered, the closed one stays closed.
     gate.produce(gate.topo.requests.name, f"{pnid}:u1", text_request(pnid, "u1", f"{pnid}-after-open"))
-    gate.produce(gate.topo.requests.name, f"{pnid}:closed", text_request(pnid, "closed", f"{pnid}-after-closed"))
+    gate.produce(
+        gate.topo.requests.name, f"{pnid}:closed", text_request(pnid, "closed", f"{pnid}-after-closed")
+    )
     assert gate.decision(f"{pnid}-after-open").value["reason"] == "window_open"
     assert gate.decision(f"{pnid}-after-closed").value["reason"] == "window_closed"
     return outcome
@@ -74,7 +89,9 @@ def own_gate(bootstrap: str, workdir: Path) -> Gate:
     return Gate(bootstrap, workdir)
 
 
-def test_sigterm_mid_stream_then_restart(own_gate: Gate, record_property: pytest.RecordProperty) -> None:
+def test_sigterm_mid_stream_then_restart(
+    own_gate: Gate, record_property: Callable[[str, object], None]
+) -> None:
     gate = own_gate
     start_and_wait(gate)
     pnid = "term"
@@ -94,7 +111,7 @@ def test_sigterm_mid_stream_then_restart(own_gate: Gate, record_property: pytest
 
 
 def test_sigkill_mid_stream_then_restart_from_the_changelog(
-    own_gate: Gate, record_property: pytest.RecordProperty
+    own_gate: Gate, record_property: Callable[[str, object], None]
 ) -> None:
     gate = own_gate
     start_and_wait(gate)
@@ -111,5 +128,7 @@ def test_sigkill_mid_stream_then_restart_from_the_changelog(
     finally:
         gate.worker.stop()
     record_property("sigkill_duplicate_decisions", outcome["duplicates"])
-    print(f"\nSIGKILL restart: {REQUESTS} requests, {outcome['duplicates']} duplicate decisions "
-          "(at-least-once: replayed after the last commit, each rejected as duplicate_request)")
+    print(
+        f"\nSIGKILL restart: {REQUESTS} requests, {outcome['duplicates']} duplicate decisions "
+        "(at-least-once: replayed after the last commit, each rejected as duplicate_request)"
+    )

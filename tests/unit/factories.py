@@ -15,17 +15,34 @@ DAY = 24 * HOUR
 FALLBACK = {"name": "follow_up", "language": {"code": "en_US"}, "components": []}
 
 
-def inbound(ts: float, *, kind: str = "message", type: str = "text", user: str = "u1",
-            event_id: str | None = None, **extra: Any) -> InboundEvent:
-    return InboundEvent.model_validate({
-        "event_id": event_id or f"wamid.{kind}.{type}.{ts}", "phone_number_id": "pn1", "user": user,
-        "timestamp": ts, "kind": kind, "type": type, **extra,
-    })
+def inbound(
+    ts: float,
+    *,
+    kind: str = "message",
+    type: str = "text",
+    user: str = "u1",
+    event_id: str | None = None,
+    **extra: Any,
+) -> InboundEvent:
+    return InboundEvent.model_validate(
+        {
+            "event_id": event_id or f"wamid.{kind}.{type}.{ts}",
+            "phone_number_id": "pn1",
+            "user": user,
+            "timestamp": ts,
+            "kind": kind,
+            "type": type,
+            **extra,
+        }
+    )
 
 
 def request_obj(**overrides: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
-        "request_id": "r1", "phone_number_id": "pn1", "to": "u1", "origin": "agent",
+        "request_id": "r1",
+        "phone_number_id": "pn1",
+        "to": "u1",
+        "origin": "agent",
         "message": {"type": "text", "text": {"body": "hello"}},
     }
     base.update(overrides)

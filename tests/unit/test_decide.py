@@ -32,8 +32,13 @@ def run(state: ContactState = EMPTY_STATE, now: float = T0, **overrides: Any) ->
 def test_free_form_inside_the_window_is_sent_with_the_complete_cloud_api_body() -> None:
     d = run(opened_at(T0 - HOUR))
     assert (d.route, d.reason) == ("send", "window_open")
-    assert d.message == {"messaging_product": "whatsapp", "recipient_type": "individual", "to": "u1",
-                         "type": "text", "text": {"body": "hello"}}
+    assert d.message == {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": "u1",
+        "type": "text",
+        "text": {"body": "hello"},
+    }
     assert d.window.state == "open" and d.window.expires_at == T0 - HOUR + DAY
     assert d.contact == "pn1:u1" and d.request is None and d.pricing is not None
 
@@ -52,8 +57,13 @@ def test_free_form_outside_the_window(state: ContactState, reason: str) -> None:
     assert rejected.request == request_obj() and rejected.message is None
     converted = run(state, fallback_template=FALLBACK)
     assert (converted.route, converted.reason) == ("template", reason)
-    assert converted.message == {"messaging_product": "whatsapp", "recipient_type": "individual", "to": "u1",
-                                 "type": "template", "template": FALLBACK}
+    assert converted.message == {
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": "u1",
+        "type": "template",
+        "template": FALLBACK,
+    }
 
 
 def test_day_three_follow_up_from_the_demo_timeline() -> None:
@@ -65,7 +75,9 @@ def test_day_three_follow_up_from_the_demo_timeline() -> None:
 def test_marketing_intent_needs_a_template_even_in_an_open_window() -> None:
     state = opened_at(T0 - HOUR)
     assert (run(state, intent="marketing").route, run(state, intent="marketing").reason) == (
-        "rejected", "marketing_requires_template")
+        "rejected",
+        "marketing_requires_template",
+    )
     d = run(state, intent="marketing", fallback_template=FALLBACK)
     assert (d.route, d.reason) == ("template", "marketing_requires_template")
     assert d.pricing is not None and d.pricing.category == "marketing" and d.pricing.billable
@@ -84,7 +96,9 @@ def test_stale_request_is_rejected() -> None:
 
 
 def test_interactive_to_a_group_is_unsupported() -> None:
-    d = run(recipient_type="group", to="g1", message={"type": "interactive", "interactive": {"type": "button"}})
+    d = run(
+        recipient_type="group", to="g1", message={"type": "interactive", "interactive": {"type": "button"}}
+    )
     assert (d.route, d.reason, d.contact) == ("rejected", "unsupported_message", "pn1:group:g1")
 
 

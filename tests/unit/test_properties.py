@@ -18,17 +18,35 @@ RULES = WindowRules()
 REASONS_BY_ROUTE = {
     "send": {"window_open", "template", "template_unverified"},
     "template": {"window_closed", "no_window", "window_closing", "marketing_requires_template"},
-    "rejected": {"window_closed", "no_window", "window_closing", "marketing_requires_template", "stale_request",
-                 "duplicate_request", "unsupported_message"},
+    "rejected": {
+        "window_closed",
+        "no_window",
+        "window_closing",
+        "marketing_requires_template",
+        "stale_request",
+        "duplicate_request",
+        "unsupported_message",
+    },
 }
 
 timestamps = st.floats(min_value=T0 - 4 * DAY, max_value=T0 + 2 * DAY, allow_nan=False)
-kinds_types = st.sampled_from([
-    ("message", "text"), ("message", "image"), ("message", "button"), ("message", "reaction"),
-    ("message", "unsupported"), ("call", "connect"), ("call", "terminate"), ("status", "sent"),
-    ("status", "delivered"), ("status", "read"), ("status", "failed"), ("system", "user_changed_number"),
-    ("preference", "marketing_messages"),
-])
+kinds_types = st.sampled_from(
+    [
+        ("message", "text"),
+        ("message", "image"),
+        ("message", "button"),
+        ("message", "reaction"),
+        ("message", "unsupported"),
+        ("call", "connect"),
+        ("call", "terminate"),
+        ("status", "sent"),
+        ("status", "delivered"),
+        ("status", "read"),
+        ("status", "failed"),
+        ("system", "user_changed_number"),
+        ("preference", "marketing_messages"),
+    ]
+)
 
 
 @st.composite
@@ -36,9 +54,12 @@ def events(draw: Any) -> InboundEvent:
     kind, type_ = draw(kinds_types)
     extra: dict[str, Any] = {}
     if type_ == "failed":
-        extra["errors"] = [{"code": draw(st.sampled_from([131047, 470, 63016, 130472, 131026])), "title": "e"}]
-    return inbound(draw(timestamps), kind=kind, type=type_, event_id=draw(st.sampled_from(["a", "b", "c"])),
-                   **extra)
+        extra["errors"] = [
+            {"code": draw(st.sampled_from([131047, 470, 63016, 130472, 131026])), "title": "e"}
+        ]
+    return inbound(
+        draw(timestamps), kind=kind, type=type_, event_id=draw(st.sampled_from(["a", "b", "c"])), **extra
+    )
 
 
 def fold(evts: list[InboundEvent], now: float = T0) -> ContactState:
@@ -61,7 +82,9 @@ def test_applying_events_twice_changes_nothing(evts: list[InboundEvent]) -> None
 
 
 @given(st.lists(events(), max_size=8), events(), timestamps)
-def test_an_opener_never_shortens_the_window(evts: list[InboundEvent], extra: InboundEvent, now: float) -> None:
+def test_an_opener_never_shortens_the_window(
+    evts: list[InboundEvent], extra: InboundEvent, now: float
+) -> None:
     before = fold(evts, now)
     after, _ = apply_inbound(before, extra, now, RULES)
     if extra.kind in ("message", "call"):
@@ -70,8 +93,11 @@ def test_an_opener_never_shortens_the_window(evts: list[InboundEvent], extra: In
         assert a.seconds_left >= b.seconds_left
 
 
-@given(st.lists(events(), max_size=8), st.sampled_from(["sent", "delivered", "read", "played", "failed"]),
-       timestamps)
+@given(
+    st.lists(events(), max_size=8),
+    st.sampled_from(["sent", "delivered", "read", "played", "failed"]),
+    timestamps,
+)
 def test_statuses_never_open_or_extend_a_window(evts: list[InboundEvent], status: str, ts: float) -> None:
     before = fold(evts)
     after, _ = apply_inbound(before, inbound(ts, kind="status", type=status), T0, RULES)
@@ -82,16 +108,26 @@ def test_statuses_never_open_or_extend_a_window(evts: list[InboundEvent], status
 @given(
     st.lists(events(), max_size=6),
     st.sampled_from(sorted(SENDABLE_MESSAGE_TYPES | {"hologram"})),
-    st.booleans(), st.sampled_from(["service", "marketing", "utility"]), st.sampled_from(["individual", "group"]),
-    st.one_of(st.none(), timestamps), st.floats(min_value=T0 - DAY, max_value=T0 + 2 * DAY),
+    st.booleans(),
+    st.sampled_from(["service", "marketing", "utility"]),
+    st.sampled_from(["individual", "group"]),
+    st.one_of(st.none(), timestamps),
+    st.floats(min_value=T0 - DAY, max_value=T0 + 2 * DAY),
 )
 def test_every_request_gets_exactly_one_route_with_a_reason_that_fits_it(
-    evts: list[InboundEvent], mtype: str, with_fallback: bool, intent: str, recipient_type: str,
-    not_after: float | None, now: float,
+    evts: list[InboundEvent],
+    mtype: str,
+    with_fallback: bool,
+    intent: str,
+    recipient_type: str,
+    not_after: float | None,
+    now: float,
 ) -> None:
     req, received = request(
         message={"type": mtype, mtype: FALLBACK if mtype == "template" else {"x": 1}},
-        fallback_template=FALLBACK if with_fallback else None, intent=intent, recipient_type=recipient_type,
+        fallback_template=FALLBACK if with_fallback else None,
+        intent=intent,
+        recipient_type=recipient_type,
         not_after=not_after,
     )
     state = fold(evts, now)

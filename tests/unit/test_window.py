@@ -113,3 +113,9 @@ def test_state_round_trips_through_bytes() -> None:
     state = ContactState(last_opener_at=T0, closed_at=T0 - 5, decided={"r1": T0})
     assert ContactState.from_bytes(state.to_bytes()) == state
     assert ContactState.from_bytes(None) == EMPTY_STATE
+
+
+def test_a_close_signal_without_any_opener_is_closed_with_no_expiry() -> None:
+    change = inbound(T0 - 60, kind="system", type="user_changed_number")
+    snapshot = view(state_after(change), T0, RULES)
+    assert (snapshot.state, snapshot.expires_at, snapshot.last_inbound_at) == ("closed", None, None)
