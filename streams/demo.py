@@ -106,7 +106,7 @@ async def run_demo(settings: Settings, timeout: float = 60.0) -> int:
             )
         decided = await client.decisions(request_ids, timeout)
     print()
-    print(f"{'when':13} {'step':46} {'route':9} {'reason':15} window")
+    print(f"{'when':13} {'step':48} {'route':9} {'reason':15} window")
     for step, rid in zip(STEPS, request_ids, strict=True):
         d = decided[rid][0].value
         window = d["window"]
@@ -116,5 +116,5 @@ async def run_demo(settings: Settings, timeout: float = 60.0) -> int:
             left = (
                 f" ({'closes in' if hours > 0 else 'closed'} {abs(hours):.1f} h{'' if hours > 0 else ' ago'})"
             )
-        print(f"{_clock(step.at):13} {step.label:46} {d['route']:9} {d['reason']:15} {window['state']}{left}")
+        print(f"{_clock(step.at):13} {step.label:48} {d['route']:9} {d['reason']:15} {window['state']}{left}")
     return 0
