@@ -4,23 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# User-authored message types that Meta documents as opening/refreshing the customer service window.
-# reaction, system, unsupported and request_welcome are undocumented: off by default, a setting adds them.
-DEFAULT_OPENER_TYPES: frozenset[str] = frozenset(
-    {
-        "text",
-        "image",
-        "video",
-        "audio",
-        "document",
-        "sticker",
-        "location",
-        "contacts",
-        "interactive",
-        "button",
-        "order",
-    }
+# Content types both sides use: a user sends them, a business can send them.
+_CONTENT_TYPES: frozenset[str] = frozenset(
+    {"text", "image", "video", "audio", "document", "sticker", "location", "contacts", "interactive"}
 )
+# User-authored message types that Meta documents as opening/refreshing the customer service window
+# (button: a reply to a template's quick-reply; order: a catalog order). reaction, system, unsupported
+# and request_welcome are undocumented: off by default, a setting adds them.
+DEFAULT_OPENER_TYPES: frozenset[str] = _CONTENT_TYPES | {"button", "order"}
 # Call events that mean the user called, or accepted a business call.
 CALL_OPENER_TYPES: frozenset[str] = frozenset({"connect"})
 # Failed-status error codes that mean "the window is closed", whatever our state says:
@@ -28,21 +19,7 @@ CALL_OPENER_TYPES: frozenset[str] = frozenset({"connect"})
 WINDOW_CLOSED_ERROR_CODES: frozenset[int] = frozenset({131047, 470, 63016})
 NUMBER_CHANGE_TYPE = "user_changed_number"
 # Cloud API message types a business can send; anything else cannot be delivered.
-SENDABLE_MESSAGE_TYPES: frozenset[str] = frozenset(
-    {
-        "text",
-        "image",
-        "video",
-        "audio",
-        "document",
-        "sticker",
-        "location",
-        "contacts",
-        "interactive",
-        "template",
-        "reaction",
-    }
-)
+SENDABLE_MESSAGE_TYPES: frozenset[str] = _CONTENT_TYPES | {"template", "reaction"}
 
 
 @dataclass(frozen=True, slots=True)

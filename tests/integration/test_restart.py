@@ -89,21 +89,28 @@ def own_gate(bootstrap: str, workdir: Path) -> Gate:
     return Gate(bootstrap, workdir)
 
 
+def _stop_mid_stream_and_restart(gate: Gate, pnid: str, sig: int, wipe_local_state: bool) -> Counter[str]:
+    start_and_wait(gate)
+    ids = _load(gate, pnid)
+    _wait_for_some(gate, ids, 300)
+    exit_code = gate.worker.signal(sig)
+    if sig == signal.SIGTERM:
+        assert exit_code == 0, gate.worker.log_tail()
+    if wipe_local_state:
+        # A new machine: the RocksDB files are gone, state must come back from the changelog topic.
+        shutil.rmtree(gate.settings.data_dir, ignore_errors=True)
+    gate.worker = gate.new_worker()
+    start_and_wait(gate, timeout=180)
+    try:
+        return _check(gate, pnid, ids)
+    finally:
+        gate.worker.stop()
+
+
 def test_sigterm_mid_stream_then_restart(
     own_gate: Gate, record_property: Callable[[str, object], None]
 ) -> None:
-    gate = own_gate
-    start_and_wait(gate)
-    pnid = "term"
-    ids = _load(gate, pnid)
-    _wait_for_some(gate, ids, 300)
-    assert gate.worker.signal(signal.SIGTERM) == 0
-    gate.worker = gate.new_worker()
-    start_and_wait(gate)
-    try:
-        outcome = _check(gate, pnid, ids)
-    finally:
-        gate.worker.stop()
+    outcome = _stop_mid_stream_and_restart(own_gate, "term", signal.SIGTERM, wipe_local_state=False)
     record_property("sigterm_duplicate_decisions", outcome["duplicates"])
     print(f"\nSIGTERM restart: {REQUESTS} requests, {outcome['duplicates']} duplicate decisions")
     # A graceful stop commits what it has decided: nothing is decided twice.
@@ -113,20 +120,7 @@ def test_sigterm_mid_stream_then_restart(
 def test_sigkill_mid_stream_then_restart_from_the_changelog(
     own_gate: Gate, record_property: Callable[[str, object], None]
 ) -> None:
-    gate = own_gate
-    start_and_wait(gate)
-    pnid = "kill"
-    ids = _load(gate, pnid)
-    _wait_for_some(gate, ids, 300)
-    gate.worker.signal(signal.SIGKILL)
-    # A new machine: the RocksDB files are gone, state must come back from the changelog topic.
-    shutil.rmtree(gate.settings.data_dir, ignore_errors=True)
-    gate.worker = gate.new_worker()
-    start_and_wait(gate, timeout=180)
-    try:
-        outcome = _check(gate, pnid, ids)
-    finally:
-        gate.worker.stop()
+    outcome = _stop_mid_stream_and_restart(own_gate, "kill", signal.SIGKILL, wipe_local_state=True)
     record_property("sigkill_duplicate_decisions", outcome["duplicates"])
     print(
         f"\nSIGKILL restart: {REQUESTS} requests, {outcome['duplicates']} duplicate decisions "
