@@ -235,3 +235,31 @@ def test_metrics_count_decisions_without_personal_data(gate: Gate, pnid: str) ->
         body = response.read().decode()
     assert 'wagate_decisions_total{origin="agent",reason="no_window",route="rejected"}' in body
     assert pnid not in body
+
+
+def test_topics_with_a_different_partition_count_are_refused_with_the_fix(bootstrap: str) -> None:
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    prefix = f"mismatch{uuid.uuid4().hex[:6]}."
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "WAGATE_TOPIC_PREFIX": prefix}
+    created = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "topics"],
+        env={**env, "WAGATE_PARTITIONS": "2"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert created.returncode == 0, created.stderr
+    assert f"created  {prefix}wa.outbound.requests partitions=2" in created.stdout
+    refused = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "worker"],
+        env={**env, "WAGATE_PARTITIONS": "4"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode != 0
+    assert "WAGATE_PARTITIONS=4" in refused.stderr and f"{prefix}wa.inbound" in refused.stderr

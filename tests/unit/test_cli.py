@@ -1,0 +1,43 @@
+"""What a person sees when the configuration or the cluster is wrong: the variable and the fix."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def wagate(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+
+
+def test_an_invalid_setting_names_the_variable() -> None:
+    result = wagate("topics", WAGATE_PARTITIONS="0")
+    assert result.returncode != 0
+    assert "invalid configuration" in result.stderr and "WAGATE_PARTITIONS" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_invalid_opener_type_list_says_what_is_wrong() -> None:
+    result = wagate("topics", WAGATE_OPENER_MESSAGE_TYPES="text,im age")
+    assert result.returncode != 0 and "'im age' is not a message type name" in result.stderr
+
+
+def test_an_unreachable_broker_says_which_address_and_what_to_do() -> None:
+    result = wagate("topics", KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
+    assert result.returncode != 0
+    assert "cannot reach Kafka at KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_lists_every_command() -> None:
+    result = wagate("--help")
+    assert result.returncode == 0
+    for command in ("worker", "topics", "schemas", "demo", "bench"):
+        assert command in result.stdout
