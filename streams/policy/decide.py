@@ -8,14 +8,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.models import Decision, Intent, Pricing, Reason, RecipientType, Route, SendRequest, WindowView
+from streams.models import (
+    Decision,
+    Intent,
+    Pricing,
+    Reason,
+    RecipientType,
+    Route,
+    SendRequest,
+    WindowView,
+    trusted,
+)
 from streams.policy.keys import request_contact_key
 from streams.policy.parse import InvalidPayload
 from streams.policy.pricing import price
 from streams.policy.rules import SENDABLE_MESSAGE_TYPES, WindowRules
 from streams.policy.window import ContactState, WindowSnapshot, remember_decision, view
 
-_NO_WINDOW = WindowView.model_construct(state="none", last_inbound_at=None, expires_at=None)
+_NO_WINDOW = trusted(WindowView, state="none", last_inbound_at=None, expires_at=None)
 
 _FREE_FORM_DETAIL: dict[str, str] = {
     "window_closed": "The customer service window is closed{since}; free-form messages need a template.",
@@ -28,8 +38,11 @@ _FREE_FORM_DETAIL: dict[str, str] = {
 
 
 def _window_view(snapshot: WindowSnapshot) -> WindowView:
-    return WindowView.model_construct(
-        state=snapshot.state, last_inbound_at=snapshot.last_inbound_at, expires_at=snapshot.expires_at
+    return trusted(
+        WindowView,
+        state=snapshot.state,
+        last_inbound_at=snapshot.last_inbound_at,
+        expires_at=snapshot.expires_at,
     )
 
 
@@ -54,7 +67,8 @@ def _decision(
     message: dict[str, Any] | None = None,
     pricing: Pricing | None = None,
 ) -> Decision:
-    return Decision.model_construct(
+    return trusted(
+        Decision,
         request_id=request.request_id,
         contact=request_contact_key(request.phone_number_id, request.to, request.recipient_type),
         phone_number_id=request.phone_number_id,
@@ -210,7 +224,8 @@ def decide_invalid(invalid: InvalidPayload, record_key: str | None, now: float) 
     recipient_type: RecipientType | None = None
     if received.get("recipient_type") in ("individual", "group"):
         recipient_type = received["recipient_type"]
-    return Decision.model_construct(
+    return trusted(
+        Decision,
         request_id=invalid.request_id,
         contact=record_key,
         phone_number_id=field("phone_number_id"),

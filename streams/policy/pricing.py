@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from streams.models import Intent, Pricing
+from streams.models import Intent, Pricing, trusted
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +42,13 @@ def price(*, is_template: bool, intent: Intent, window_open: bool, now: float) -
     if not is_template:
         # Free-form only ever goes out inside the window: service, billed at the utility rate since 2026-10.
         billable = rule.free_form_billable
-        return Pricing.model_construct(
-            category="service", billable=billable, basis="per_message" if billable else "service_window"
+        return trusted(
+            Pricing,
+            category="service",
+            billable=billable,
+            basis="per_message" if billable else "service_window",
         )
     category = "utility" if intent == "service" else intent
     if category == "utility" and window_open and not rule.in_window_utility_billable:
-        return Pricing.model_construct(category="utility", billable=False, basis="service_window")
-    return Pricing.model_construct(category=category, billable=True, basis="per_message")
+        return trusted(Pricing, category="utility", billable=False, basis="service_window")
+    return trusted(Pricing, category=category, billable=True, basis="per_message")
