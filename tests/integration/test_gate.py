@@ -244,22 +244,25 @@ def test_topics_with_a_different_partition_count_are_refused_with_the_fix(bootst
     import uuid
 
     prefix = f"mismatch{uuid.uuid4().hex[:6]}."
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "WAGATE_TOPIC_PREFIX": prefix}
-    created = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "topics"],
-        env={**env, "WAGATE_PARTITIONS": "2"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+
+    def wagate(command: str, partitions: int) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "WAGATE_TOPIC_PREFIX": prefix,
+            "WAGATE_PARTITIONS": str(partitions),
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "streams.cli", command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    created = wagate("topics", 2)
     assert created.returncode == 0, created.stderr
     assert f"created  {prefix}wa.outbound.requests partitions=2" in created.stdout
-    refused = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "worker"],
-        env={**env, "WAGATE_PARTITIONS": "4"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    refused = wagate("worker", 4)
     assert refused.returncode != 0
     assert "WAGATE_PARTITIONS=4" in refused.stderr and f"{prefix}wa.inbound" in refused.stderr
