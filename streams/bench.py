@@ -193,10 +193,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-async def _produce(producer: AIOKafkaProducer, topic: str, key: bytes, value: bytes) -> None:
-    await producer.send(topic, value, key=key)
-
-
 async def _collect(
     consumer: AIOKafkaConsumer,
     wanted: set[str],
@@ -268,10 +264,10 @@ async def measure(
     proc = None
     try:
         for key, value in workload.openers:
-            await _produce(producer, topo.inbound.name, key, value)
+            await producer.send(topo.inbound.name, value, key=key)
         topic_of = {"inbound": topo.inbound.name, "requests": topo.requests.name}
         for kind, key, value in workload.mixed:
-            await _produce(producer, topic_of[kind], key, value)
+            await producer.send(topic_of[kind], value, key=key)
         await producer.flush()
         wanted = {f"b{i}" for i in range(workload.requests)}
         arrivals: dict[str, float] = {}
@@ -307,7 +303,7 @@ async def measure(
             }
             target = time.time() + 1 / rate
             produced[rid] = time.time()
-            await _produce(producer, topo.requests.name, f"{PNID}:u{i % 1000}".encode(), orjson.dumps(req))
+            await producer.send(topo.requests.name, orjson.dumps(req), key=f"{PNID}:u{i % 1000}".encode())
             await producer.flush()
             await asyncio.sleep(max(0.0, target - time.time()))
         await collector

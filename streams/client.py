@@ -65,7 +65,7 @@ class GateClient:
         await admin.start()
         await probe.start()
         try:
-            partitions = [TopicPartition(topic, p) for p in range(self.topo.inbound.partitions)]
+            partitions = [TopicPartition(topic, p) for p in range(self.settings.partitions)]
             ends = await probe.end_offsets(partitions)
             deadline = time.monotonic() + timeout
             while True:
@@ -84,14 +84,17 @@ class GateClient:
             await probe.stop()
             await admin.close()
 
-    async def read(self, topics: Iterable[str], until: Any, timeout: float = 60.0) -> list[Record]:
-        """Read ``topics`` from the start until ``until(records)`` is true; TimeoutError otherwise."""
-        consumer = AIOKafkaConsumer(
+    def _reader(self, topics: Iterable[str]) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
             *topics,
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             auto_offset_reset="earliest",
             group_id=None,
         )
+
+    async def read(self, topics: Iterable[str], until: Any, timeout: float = 60.0) -> list[Record]:
+        """Read ``topics`` from the start until ``until(records)`` is true; TimeoutError otherwise."""
+        consumer = self._reader(topics)
         await consumer.start()
         records: list[Record] = []
         try:
@@ -112,27 +115,18 @@ class GateClient:
     async def read_to_end(self, topics: Iterable[str], timeout: float = 60.0) -> list[Record]:
         """Everything in ``topics`` up to their current end offsets."""
         names = list(topics)
-        consumer = AIOKafkaConsumer(
-            *names,
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
-            auto_offset_reset="earliest",
-            group_id=None,
-        )
+        consumer = self._reader(names)
         await consumer.start()
         try:
-            partitions = [TopicPartition(name, p) for name in names for p in range(self.topo.send.partitions)]
+            partitions = [TopicPartition(name, p) for name in names for p in range(self.settings.partitions)]
             ends = await consumer.end_offsets(partitions)
         finally:
             await consumer.stop()
-        seen: dict[TopicPartition, int] = {}
 
         def done(records: list[Record]) -> bool:
-            for r in records[len(seen_records) :]:
-                seen[TopicPartition(r.topic, r.partition)] = r.offset + 1
-            seen_records[:] = records
-            return all(seen.get(tp, 0) >= end for tp, end in ends.items())
+            reached = {TopicPartition(r.topic, r.partition): r.offset + 1 for r in records}
+            return all(reached.get(tp, 0) >= end for tp, end in ends.items())
 
-        seen_records: list[Record] = []
         return await self.read(names, done, timeout)
 
     async def decisions(self, request_ids: Iterable[str], timeout: float = 60.0) -> dict[str, list[Record]]:

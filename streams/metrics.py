@@ -43,14 +43,18 @@ class GateMetrics:
             registry=self.registry,
         )
 
-        # labels() costs a lock and a lookup per call; the set of children is small and fixed.
-        self._decision_children: dict[tuple[str, str, str], Any] = {}
+        # labels() costs a lock and a lookup per call; the hot counters' children are few and fixed.
+        self._children: dict[tuple[Counter, tuple[str, ...]], Any] = {}
+
+    def _inc(self, counter: Counter, *labels: str) -> None:
+        child = self._children.get((counter, labels))
+        if child is None:
+            child = self._children[(counter, labels)] = counter.labels(*labels)
+        child.inc()
 
     def count_decision(self, route: str, reason: str, origin: str | None) -> None:
         # An invalid request can carry any string as origin: keep the label set bounded.
-        label = origin if origin in ORIGINS else "unknown"
-        key = (route, reason, label)
-        child = self._decision_children.get(key)
-        if child is None:
-            child = self._decision_children[key] = self.decisions.labels(route, reason, label)
-        child.inc()
+        self._inc(self.decisions, route, reason, origin if origin in ORIGINS else "unknown")
+
+    def count_inbound(self, kind: str, effect: str) -> None:
+        self._inc(self.inbound_events, kind, effect)

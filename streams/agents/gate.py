@@ -78,8 +78,8 @@ class Gate:
             new_state, effect = apply_inbound(state, parsed, self.clock(), self.rules)
             if new_state is not state:
                 await self._store(key, new_state, message.partition)
-            self.metrics.inbound_events.labels(parsed.kind, effect.value).inc()
-        except Exception as exc:
+            self.metrics.count_inbound(parsed.kind, effect.value)
+        except Exception as exc:  # bad input must never stop the worker: dead-letter it instead
             await self._internal_error(event, exc)
 
     async def on_request(self, event: EventT[bytes]) -> None:
@@ -98,9 +98,8 @@ class Gate:
                 return
             request, received = parsed
             key = request_contact_key(request.phone_number_id, request.to, request.recipient_type)
-            partition = partition_for(
-                key, self.partitions
-            )  # hashed once: checked here, reused for the output
+            # Hashed once: checked here, reused as the decision's partition.
+            partition = partition_for(key, self.partitions)
             if await self._repartitioned(event, key, partition, "requests"):
                 return
             state = self._load(key, message.partition)
@@ -110,7 +109,7 @@ class Gate:
             await self.publish(decision, key.encode(), partition)
             if request.created_at is not None:
                 self.metrics.decision_latency.observe(max(0.0, now - request.created_at))
-        except Exception as exc:
+        except Exception as exc:  # bad input must never stop the worker: dead-letter it instead
             await self._internal_error(event, exc)
 
     # -- outputs --------------------------------------------------------------------------------

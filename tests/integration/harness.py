@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -118,48 +118,38 @@ class Gate:
         self.env = env
         self.worker = self.new_worker()
 
-    def new_worker(self, data_dir: Path | None = None) -> Worker:
-        settings = (
-            self.settings if data_dir is None else self.settings.model_copy(update={"data_dir": data_dir})
-        )
-        return Worker(settings, self.workdir / f"{self.prefix}worker.log", **self.env)
+    def new_worker(self) -> Worker:
+        return Worker(self.settings, self.workdir / f"{self.prefix}worker.log", **self.env)
+
+    def _with_client(self, use: Callable[[GateClient], Awaitable[T]]) -> T:
+        """Run one client call to completion: the tests themselves stay synchronous."""
+
+        async def go() -> T:
+            async with GateClient(self.settings) as client:
+                return await use(client)
+
+        return run(go())
 
     def produce(self, topic: str, key: str | bytes | None, value: Any, partition: int | None = None) -> int:
-        async def go() -> int:
-            async with GateClient(self.settings) as client:
-                return await client.produce(topic, key, value, partition)
-
-        return run(go())
+        return self._with_client(lambda client: client.produce(topic, key, value, partition))
 
     def produce_many(self, records: Iterable[tuple[str, str, Any]]) -> None:
-        async def go() -> None:
-            async with GateClient(self.settings) as client:
-                for topic, key, value in records:
-                    await client.produce(topic, key, value)
+        async def produce_all(client: GateClient) -> None:
+            for topic, key, value in records:
+                await client.produce(topic, key, value)
 
-        run(go())
+        self._with_client(produce_all)
 
     def wait_consumed(self, topic: str, timeout: float = 60.0) -> None:
-        async def go() -> None:
-            async with GateClient(self.settings) as client:
-                await client.wait_consumed(topic, timeout)
-
-        run(go())
+        self._with_client(lambda client: client.wait_consumed(topic, timeout))
 
     def decisions(self, request_ids: Iterable[str], timeout: float = 60.0) -> dict[str, list[Record]]:
-        async def go() -> dict[str, list[Record]]:
-            async with GateClient(self.settings) as client:
-                return await client.decisions(request_ids, timeout)
-
-        return run(go())
+        return self._with_client(lambda client: client.decisions(request_ids, timeout))
 
     def all_decisions(self) -> list[Record]:
-        async def go() -> list[Record]:
-            async with GateClient(self.settings) as client:
-                t = client.topo
-                return await client.read_to_end([t.send.name, t.template.name, t.rejected.name], timeout=120)
-
-        return run(go())
+        t = self.topo
+        outputs = [t.send.name, t.template.name, t.rejected.name]
+        return self._with_client(lambda client: client.read_to_end(outputs, timeout=120))
 
     def decision(self, request_id: str, timeout: float = 60.0) -> Record:
         records = self.decisions([request_id], timeout)[request_id]
@@ -167,8 +157,4 @@ class Gate:
         return records[0]
 
     def dead_letters(self, until: Any, timeout: float = 60.0) -> list[Record]:
-        async def go() -> list[Record]:
-            async with GateClient(self.settings) as client:
-                return await client.read([self.topo.deadletter.name], until, timeout)
-
-        return run(go())
+        return self._with_client(lambda client: client.read([self.topo.deadletter.name], until, timeout))
