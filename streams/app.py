@@ -20,6 +20,7 @@ from streams.metrics import GateMetrics
 from streams.sensors import LeanMonitor
 from streams.settings import Settings
 from streams.topology import CONTACT_STATE_TABLE, Topology, topology
+from streams.transport import install as install_batch_drain
 
 
 @dataclass
@@ -62,6 +63,7 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
         web_in_thread=False,
         monitor=LeanMonitor(),
     )
+    install_batch_drain(app)
 
     def raw_topic(name: str) -> Any:
         return app.topic(

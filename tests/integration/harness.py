@@ -8,6 +8,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
@@ -91,6 +93,26 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def wait_for_log(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log_path.read_text(errors="replace"):
+            if not self.alive() or time.monotonic() > deadline:
+                raise AssertionError(f"worker never logged {text!r}:\n{self.log_tail()}")
+            time.sleep(0.2)
+
+    def metrics_text(self) -> str:
+        url = f"http://127.0.0.1:{self.settings.web_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return str(response.read().decode())
+
+    def metric_sum(self, name: str) -> float:
+        """Sum of every sample of one metric on this worker's /metrics page."""
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in self.metrics_text().splitlines()
+            if line.startswith(name + "{") or line.startswith(name + " ")
+        )
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -226,13 +226,9 @@ def test_a_re_engagement_failure_closes_the_window_and_a_newer_message_reopens_i
 
 
 def test_metrics_count_decisions_without_personal_data(gate: Gate, pnid: str) -> None:
-    import urllib.request
-
     gate.produce(gate.topo.requests.name, f"{pnid}:u", text_request(pnid, "u", f"{pnid}-m"))
     gate.decision(f"{pnid}-m")
-    url = f"http://127.0.0.1:{gate.settings.web_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        body = response.read().decode()
+    body = gate.worker.metrics_text()
     assert 'wagate_decisions_total{origin="agent",reason="no_window",route="rejected"}' in body
     assert pnid not in body
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import inbound, start_and_wait, text_request
-from .harness import Gate
+from .harness import Gate, Worker, free_port
 
 HOUR = 3600.0
 OPEN_USERS = 40
@@ -125,4 +126,66 @@ def test_sigkill_mid_stream_then_restart_from_the_changelog(
     print(
         f"\nSIGKILL restart: {REQUESTS} requests, {outcome['duplicates']} duplicate decisions "
         "(at-least-once: replayed after the last commit, each rejected as duplicate_request)"
+    )
+
+
+class _Trickle(threading.Thread):
+    """Keeps producing requests for the open users, in small chunks, until told to stop."""
+
+    def __init__(self, gate: Gate, pnid: str) -> None:
+        super().__init__(daemon=True)
+        self.gate, self.pnid = gate, pnid
+        self.ids: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self.halt.is_set():
+            chunk = [f"{self.pnid}-t{n + i}" for i in range(100)]
+            self.gate.produce_many(
+                (
+                    self.gate.topo.requests.name,
+                    f"{self.pnid}:u{i % OPEN_USERS}",
+                    text_request(self.pnid, f"u{i % OPEN_USERS}", rid),
+                )
+                for i, rid in enumerate(chunk, start=n)
+            )
+            self.ids += chunk
+            n += len(chunk)
+            time.sleep(0.2)
+
+
+def test_second_worker_joins_mid_stream_then_leaves(
+    own_gate: Gate, workdir: Path, record_property: Callable[[str, object], None]
+) -> None:
+    """Two rebalances under load: partitions move to a new worker and back while requests flow."""
+    gate = own_gate
+    start_and_wait(gate)
+    ids = _load(gate, "rebal")
+    trickle = _Trickle(gate, "rebal")
+    trickle.start()
+    second_settings = gate.settings.model_copy(
+        update={"data_dir": workdir / gate.prefix / "state-second", "web_port": free_port()}
+    )
+    second = Worker(second_settings, workdir / f"{gate.prefix}second.log")
+    try:
+        second.start()
+        second.wait_for_log("Worker ready", timeout=120)
+        time.sleep(3)  # both workers deciding
+        decided_by_second = second.metric_sum("wagate_decisions_total")
+        assert decided_by_second > 0, "the second worker was given no partitions"
+        assert second.signal(signal.SIGTERM) == 0, second.log_tail()
+        time.sleep(3)  # partitions back on the first worker, requests still coming
+    finally:
+        trickle.halt.set()
+        trickle.join()
+        second.stop()
+    try:
+        outcome = _check(gate, "rebal", ids + trickle.ids)
+    finally:
+        gate.worker.stop()
+    record_property("rebalance_duplicate_decisions", outcome["duplicates"])
+    print(
+        f"\nRebalance: {len(ids) + len(trickle.ids)} requests, {decided_by_second} on the second worker, "
+        f"{outcome['duplicates']} duplicate decisions"
     )
