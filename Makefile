@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 KAFKA := deploy/kafka/kafka.sh
 export KAFKA_PORT ?= 9092
 
-.PHONY: help venv kafka-fetch kafka-start kafka-stop run demo test unit lint schemas bench clean
+.PHONY: help venv kafka-fetch kafka-start kafka-stop run webhook demo test unit lint schemas bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ kafka-stop:  ## stop the embedded broker by its PID
 
 run: venv kafka-fetch  ## run the gate in the foreground (embedded broker unless KAFKA_BOOTSTRAP_SERVERS is set)
 	deploy/run-local.sh
+
+webhook: venv  ## run the webhook receiver (needs WAGATE_WEBHOOK_APP_SECRET; Kafka as for `make run`)
+	$(BIN)/wagate webhook
 
 demo: venv  ## replay the store-hours timeline against a running gate and print the decisions
 	$(BIN)/wagate demo

@@ -95,6 +95,11 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
         async for batch in batches(stream):
             await gate.on_batch(batch, gate.on_inbound)
 
+    @app.agent(raw_topic(topo.webhooks.name), name="webhooks")
+    async def webhooks_agent(stream: StreamT[bytes]) -> None:
+        async for batch in batches(stream):
+            await gate.on_batch(batch, gate.on_webhook)
+
     @app.agent(raw_topic(topo.requests.name), name="requests")
     async def requests_agent(stream: StreamT[bytes]) -> None:
         async for batch in batches(stream):

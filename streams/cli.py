@@ -16,6 +16,19 @@ configuration: environment variables, e.g. KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:909
 WAGATE_PARTITIONS=4, WAGATE_TOPIC_PREFIX=, WAGATE_DATA_DIR=var/wagate (full list in README.md)
 """
 
+WEBHOOK_HELP = """\
+Answers Meta's webhook calls on WAGATE_WEBHOOK_HOST:WAGATE_WEBHOOK_PORT (default 127.0.0.1:8080),
+path WAGATE_WEBHOOK_PATH (default /webhook):
+  GET   the verification handshake: echoes hub.challenge when hub.verify_token equals
+        WAGATE_WEBHOOK_VERIFY_TOKEN (403 otherwise)
+  POST  checks X-Hub-Signature-256 against WAGATE_WEBHOOK_APP_SECRET (required; 401 missing,
+        403 wrong), then writes the body byte for byte to wa.webhooks with acks=all before it answers
+        200; 503 when Kafka does not ack within WAGATE_WEBHOOK_PRODUCE_TIMEOUT_SECONDS (Meta retries);
+        413 over WAGATE_WEBHOOK_MAX_BODY_BYTES
+  GET /metrics, GET /health
+The gate's workers normalize wa.webhooks into wa.inbound and wa.templates.
+"""
+
 
 def _settings() -> Settings:
     try:
@@ -56,6 +69,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     gate = create_app(settings)
     GateWorker(gate.app, loglevel=settings.log_level.upper()).execute_from_commandline()
+    return 0
+
+
+def cmd_webhook(args: argparse.Namespace) -> int:
+    settings = _settings()
+    from streams.web.receiver import run_receiver
+
+    try:
+        run_receiver(settings)
+    except ValueError as exc:
+        sys.exit(f"wagate webhook: {exc}")
     return 0
 
 
@@ -110,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "worker", help="create missing topics, then run a gate worker in the foreground"
     ).set_defaults(func=cmd_worker)
+    sub.add_parser(
+        "webhook",
+        help="run the webhook receiver: Meta's verified POSTs -> wa.webhooks",
+        description=WEBHOOK_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).set_defaults(func=cmd_webhook)
     sub.add_parser("topics", help="create the gate's topics (idempotent) and list them").set_defaults(
         func=cmd_topics
     )

@@ -25,7 +25,15 @@ class Record:
     partition: int
     offset: int
     key: bytes | None
-    value: Any  # parsed JSON
+    value: Any  # parsed JSON (None when the bytes are not JSON)
+    raw: bytes | None = None
+
+
+def _json(raw: bytes | None) -> Any:
+    try:
+        return None if raw is None else orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
 
 
 class GateClient:
@@ -107,7 +115,9 @@ class GateClient:
                 batches = await consumer.getmany(timeout_ms=200)
                 for tp, msgs in batches.items():
                     for m in msgs:
-                        records.append(Record(tp.topic, tp.partition, m.offset, m.key, orjson.loads(m.value)))
+                        records.append(
+                            Record(tp.topic, tp.partition, m.offset, m.key, _json(m.value), m.value)
+                        )
             return records
         finally:
             await consumer.stop()

@@ -36,6 +36,18 @@ class GateMetrics:
             ["source"],
             registry=self.registry,
         )
+        self.webhook_bodies = Counter(
+            "wagate_webhook_bodies",
+            "Webhook bodies read from wa.webhooks, by outcome (normalized, partial, dead_lettered)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.webhook_items = Counter(
+            "wagate_webhook_items",
+            "What webhook bodies held: inbound events by kind, template updates, ignored change fields",
+            ["item"],
+            registry=self.registry,
+        )
         self.decision_latency = Histogram(
             "wagate_decision_latency_seconds",
             "Request created_at to decision time",

@@ -58,6 +58,9 @@ class Preference(_Open):
 class Conversation(_Open):
     id: str | None = None
     expiration_timestamp: EpochSeconds | None = None
+    origin: dict[str, Any] | None = Field(
+        default=None, description="Meta's conversation origin, e.g. {'type': 'referral_conversion'}"
+    )
 
 
 class InboundEvent(_Open):
@@ -184,10 +187,16 @@ class DeadLetter(BaseModel):
 
 
 class TemplateRecord(BaseModel):
+    """One template's state, or an update to it: a field left null is unchanged by this record."""
+
     waba_id: str
     name: str
     language: str
-    status: str
+    template_id: str | None = None
+    status: str | None = Field(
+        default=None, description="APPROVED, PAUSED, ...; null in a category or quality update"
+    )
+    status_reason: str | None = None
     category: str | None = None
     parameter_format: Literal["POSITIONAL", "NAMED"] | None = None
     components: list[dict[str, Any]] | None = None

@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.policy.rules import DEFAULT_OPENER_TYPES, WindowRules
@@ -77,6 +77,23 @@ class Settings(BaseSettings):
 
     commit_interval_seconds: float = Field(
         default=1.0, gt=0, description="how often consumed offsets are committed"
+    )
+
+    # -- webhook receiver (`wagate webhook`) ----------------------------------------------------
+    webhook_host: str = Field(default="127.0.0.1", description="address the webhook receiver binds to")
+    webhook_port: int = Field(default=8080, ge=1, le=65535, description="port of the webhook receiver")
+    webhook_path: str = Field(default="/webhook", description="URL path Meta calls (callback URL path)")
+    webhook_app_secret: SecretStr | None = Field(
+        default=None, description="Meta app secret: X-Hub-Signature-256 is checked against it (required)"
+    )
+    webhook_verify_token: SecretStr | None = Field(
+        default=None, description="the verify token set in Meta's webhook settings, for the GET handshake"
+    )
+    webhook_max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="larger bodies get 413 (Meta's are a few KB)"
+    )
+    webhook_produce_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="answer 503 (Meta retries) if Kafka has not acked by then"
     )
 
     @field_validator("opener_message_types", "group_unsupported_types")

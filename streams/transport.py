@@ -10,8 +10,9 @@ Faust, then one `wait_first` runs the delivery of every record of the batch, so 
 interrupts it at any record. What is not delivered is not marked read, and the seek to the committed
 offsets after the rebalance fetches it again. (The fetch must stay outside the cancellable part: an
 abandoned fetch still completes on the consumer thread, possibly after a recovery's seek, and its
-records would be lost. `test_second_worker_joins_mid_stream_then_leaves` caught exactly that.) Commits that Faust's `broker_commit_every` asks for still run outside the cancellable part,
-as in Faust's own loop.
+records would be lost. `test_second_worker_joins_mid_stream_then_leaves` caught exactly that.)
+Commits that Faust's `broker_commit_every` asks for also run outside the cancellable part, as in
+Faust's own loop.
 """
 
 from __future__ import annotations

@@ -20,11 +20,12 @@ from faust.types import AppT, EventT, TableT
 
 from streams.agents.state import PartitionedState
 from streams.metrics import GateMetrics
-from streams.models import DeadLetter, Decision, trusted
+from streams.models import DeadLetter, Decision, InboundEvent, TemplateRecord, trusted
 from streams.policy.decide import decide, decide_invalid
 from streams.policy.keys import contact_key, partition_for, request_contact_key
 from streams.policy.parse import InvalidPayload, parse_inbound_event, parse_send_request
 from streams.policy.rules import WindowRules
+from streams.policy.webhook import InvalidWebhook, normalize_webhook
 from streams.policy.window import ContactState, apply_inbound
 from streams.topology import Topology
 
@@ -81,6 +82,43 @@ class Gate:
             self.metrics.count_inbound(parsed.kind, effect.value)
         except Exception as exc:  # bad input must never stop the worker: dead-letter it instead
             await self._internal_error(event, exc)
+
+    async def on_webhook(self, event: EventT[bytes]) -> None:
+        """A raw Cloud API body -> an InboundEvent per item on wa.inbound, TemplateRecords on wa.templates."""
+        message = event.message
+        try:
+            try:
+                result = normalize_webhook(message.value or b"", self.clock())
+            except InvalidWebhook as exc:
+                await self.dead_letter(event, exc.detail, cause=exc.cause)
+                self.metrics.webhook_bodies.labels("dead_lettered").inc()
+                return
+            for inbound in result.events:
+                await self._produce_inbound(inbound)
+                self.metrics.webhook_items.labels(f"event_{inbound.kind}").inc()
+            for template in result.templates:
+                await self._produce_template(template)
+                self.metrics.webhook_items.labels("template").inc()
+            for _ in result.ignored_fields:
+                self.metrics.webhook_items.labels("ignored_field").inc()
+            if result.problems:
+                # The readable items went on; the body is kept whole with what could not be read.
+                await self.dead_letter(event, "; ".join(result.problems), cause="unreadable_items")
+                self.metrics.webhook_bodies.labels("partial").inc()
+            else:
+                self.metrics.webhook_bodies.labels("normalized").inc()
+        except Exception as exc:  # bad input must never stop the worker: dead-letter it instead
+            await self._internal_error(event, exc)
+
+    async def _produce_inbound(self, inbound: InboundEvent) -> None:
+        key = contact_key(inbound.phone_number_id, inbound.user, inbound.group_id)
+        value = inbound.__pydantic_serializer__.to_json(inbound, exclude_none=True)
+        await self._produce(self.topo.inbound.name, key.encode(), value, partition_for(key, self.partitions))
+
+    async def _produce_template(self, template: TemplateRecord) -> None:
+        key = f"{template.waba_id}:{template.name}:{template.language}".encode()
+        value = template.__pydantic_serializer__.to_json(template, exclude_none=True)
+        await self._produce(self.topo.templates.name, key, value)
 
     async def on_request(self, event: EventT[bytes]) -> None:
         message = event.message

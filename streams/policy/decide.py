@@ -23,7 +23,15 @@ from streams.policy.keys import request_contact_key
 from streams.policy.parse import InvalidPayload
 from streams.policy.pricing import price
 from streams.policy.rules import SENDABLE_MESSAGE_TYPES, WindowRules
-from streams.policy.window import ContactState, WindowSnapshot, remember_decision, view
+from streams.policy.window import (
+    ContactState,
+    WindowSnapshot,
+    free_entry_point_until,
+    marketing_block,
+    remember_decision,
+    start_free_entry_point,
+    view,
+)
 
 _NO_WINDOW = trusted(WindowView, state="none", last_inbound_at=None, expires_at=None)
 
@@ -162,7 +170,15 @@ def decide(
         )
         return decision, state
     decision = _decide_new(request, received, state, now, rules)
-    return decision, remember_decision(state, request.request_id, now, rules)
+    new_state = remember_decision(state, request.request_id, now, rules)
+    if decision.route != "rejected":
+        new_state = start_free_entry_point(new_state, now)
+        if decision.pricing is not None and free_entry_point_until(new_state, now) is not None:
+            free = trusted(
+                Pricing, category=decision.pricing.category, billable=False, basis="free_entry_point"
+            )
+            decision = trusted(Decision, **{**decision.__dict__, "pricing": free})
+    return decision, new_state
 
 
 def _decide_new(
@@ -193,6 +209,19 @@ def _decide_new(
             window=_window_view(snapshot),
             detail=f"Message type '{mtype}' cannot be sent to {recipient}.",
         )
+    if request.intent == "marketing":
+        blocked = marketing_block(state, now)
+        if blocked is not None:
+            reason, detail = blocked
+            return _decision(
+                request,
+                received,
+                route="rejected",
+                reason=reason,
+                now=now,
+                window=_window_view(snapshot),
+                detail=detail,
+            )
     if mtype == "template":
         template = received["message"]["template"]
         return _decision(

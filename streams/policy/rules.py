@@ -12,12 +12,28 @@ _CONTENT_TYPES: frozenset[str] = frozenset(
 # (button: a reply to a template's quick-reply; order: a catalog order). reaction, system, unsupported
 # and request_welcome are undocumented: off by default, a setting adds them.
 DEFAULT_OPENER_TYPES: frozenset[str] = _CONTENT_TYPES | {"button", "order"}
-# Call events that mean the user called, or accepted a business call.
-CALL_OPENER_TYPES: frozenset[str] = frozenset({"connect"})
+# Call events that mean the user called (connect, answered or not) or accepted a business call
+# (the call status "accepted"). A business-initiated connect alone is the business calling: no opener.
+CALL_CONNECT_TYPE = "connect"
+CALL_ACCEPTED_TYPE = "accepted"
+BUSINESS_INITIATED = "BUSINESS_INITIATED"
 # Failed-status error codes that mean "the window is closed", whatever our state says:
 # 131047 (Cloud API re-engagement), 470 (legacy On-Premises), 63016 (Twilio's mapping of it).
 WINDOW_CLOSED_ERROR_CODES: frozenset[int] = frozenset({131047, 470, 63016})
 NUMBER_CHANGE_TYPE = "user_changed_number"
+# Marketing: 131050 = the user stopped marketing messages; 131049 = Meta held a marketing message back
+# (per-user marketing limit), which the gate treats as a 24 h cooldown.
+MARKETING_OPT_OUT_ERROR_CODE = 131050
+MARKETING_COOLDOWN_ERROR_CODE = 131049
+MARKETING_COOLDOWN_SECONDS = 86_400.0
+MARKETING_PREFERENCE_CATEGORY = "marketing_messages"
+MARKETING_STOP_VALUES: frozenset[str] = frozenset({"stop"})
+# A signup through a marketing opt-in link is consent as much as a resume is.
+MARKETING_RESUME_VALUES: frozenset[str] = frozenset({"resume", "signup"})
+# Free entry point: a referral (ad, Page button) answered within 24 h opens 72 h of free messages.
+FREE_ENTRY_POINT_ANSWER_SECONDS = 86_400.0
+FREE_ENTRY_POINT_SECONDS = 259_200.0
+FREE_ENTRY_POINT_ORIGIN = "referral_conversion"
 # Cloud API message types a business can send; anything else cannot be delivered.
 SENDABLE_MESSAGE_TYPES: frozenset[str] = _CONTENT_TYPES | {"template", "reaction"}
 

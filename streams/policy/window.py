@@ -13,9 +13,20 @@ from typing import Any
 
 import orjson
 
-from streams.models import InboundEvent, WindowStateName
+from streams.models import InboundEvent, Reason, WindowStateName
 from streams.policy.rules import (
-    CALL_OPENER_TYPES,
+    BUSINESS_INITIATED,
+    CALL_ACCEPTED_TYPE,
+    CALL_CONNECT_TYPE,
+    FREE_ENTRY_POINT_ANSWER_SECONDS,
+    FREE_ENTRY_POINT_ORIGIN,
+    FREE_ENTRY_POINT_SECONDS,
+    MARKETING_COOLDOWN_ERROR_CODE,
+    MARKETING_COOLDOWN_SECONDS,
+    MARKETING_OPT_OUT_ERROR_CODE,
+    MARKETING_PREFERENCE_CATEGORY,
+    MARKETING_RESUME_VALUES,
+    MARKETING_STOP_VALUES,
     NUMBER_CHANGE_TYPE,
     WINDOW_CLOSED_ERROR_CODES,
     WindowRules,
@@ -30,16 +41,57 @@ class ContactState:
     closed_at: float | None = None
     # request_id -> decided_at, for the duplicate check; pruned by age and count.
     decided: dict[str, float] = field(default_factory=dict)
+    # Marketing preference: the newest stop/resume (or 131050) wins; at equal times a stop wins.
+    marketing_pref_at: float | None = None
+    marketing_opted_out: bool = False
+    # A 131049 holds marketing back until this time.
+    marketing_cooldown_until: float | None = None
+    # The newest user message that carried an ad / Page-button referral.
+    referral_at: float | None = None
+    # Free entry point window started by the gate's answer to a referral ...
+    free_entry_started_at: float | None = None
+    free_entry_until: float | None = None
+    # ... and Meta's word on its end: (status time, conversation.expiration_timestamp) of the newest
+    # status on a referral_conversion conversation.
+    free_entry_reported_at: float | None = None
+    free_entry_reported_until: float | None = None
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps({"o": self.last_opener_at, "c": self.closed_at, "d": self.decided})
+        data: dict[str, Any] = {"o": self.last_opener_at, "c": self.closed_at, "d": self.decided}
+        # Optional parts only when set: most contacts never have them, and the state is read per request.
+        for key, value in (
+            ("mp", self.marketing_pref_at),
+            ("cd", self.marketing_cooldown_until),
+            ("r", self.referral_at),
+            ("fs", self.free_entry_started_at),
+            ("fu", self.free_entry_until),
+            ("fra", self.free_entry_reported_at),
+            ("fru", self.free_entry_reported_until),
+        ):
+            if value is not None:
+                data[key] = value
+        if self.marketing_opted_out:
+            data["mo"] = True
+        return orjson.dumps(data)
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> ContactState:
         if not raw:
             return EMPTY_STATE
         data: dict[str, Any] = orjson.loads(raw)
-        return cls(last_opener_at=data.get("o"), closed_at=data.get("c"), decided=data.get("d") or {})
+        return cls(
+            last_opener_at=data.get("o"),
+            closed_at=data.get("c"),
+            decided=data.get("d") or {},
+            marketing_pref_at=data.get("mp"),
+            marketing_opted_out=bool(data.get("mo", False)),
+            marketing_cooldown_until=data.get("cd"),
+            referral_at=data.get("r"),
+            free_entry_started_at=data.get("fs"),
+            free_entry_until=data.get("fu"),
+            free_entry_reported_at=data.get("fra"),
+            free_entry_reported_until=data.get("fru"),
+        )
 
 
 EMPTY_STATE = ContactState()
@@ -49,6 +101,10 @@ class InboundEffect(StrEnum):
     OPENED = "opened"  # no open window before, open now
     REFRESHED = "refreshed"  # an open window got a later expiry
     CLOSED = "closed"  # an authoritative close signal
+    MARKETING_STOPPED = "marketing_stopped"  # opted out of marketing (stop, 131050)
+    MARKETING_RESUMED = "marketing_resumed"
+    MARKETING_COOLDOWN = "marketing_cooldown"  # 131049
+    FREE_ENTRY_POINT = "free_entry_point"  # Meta reported the end of a free entry point window
     NONE = "none"  # nothing changed (status, duplicate, old retry, non-opener)
 
 
@@ -69,8 +125,9 @@ def is_opener(event: InboundEvent, rules: WindowRules) -> bool:
     if event.kind == "message":
         return event.type in rules.opener_message_types or event.referral is not None
     if event.kind == "call":
-        # connect: the user called (answered or not), or accepted a business call.
-        return event.type in CALL_OPENER_TYPES
+        if event.type == CALL_CONNECT_TYPE:
+            return event.direction != BUSINESS_INITIATED  # the user called, answered or not
+        return event.type == CALL_ACCEPTED_TYPE  # the user accepted the business's call
     return False
 
 
@@ -80,11 +137,29 @@ def is_authoritative_close(event: InboundEvent) -> bool:
     return event.kind == "system" and event.type == NUMBER_CHANGE_TYPE
 
 
-def apply_inbound(
-    state: ContactState, event: InboundEvent, now: float, rules: WindowRules
+def _error_codes(event: InboundEvent) -> set[int]:
+    return {error.code for error in event.errors} if event.kind == "status" and event.errors else set()
+
+
+def _marketing_preference(event: InboundEvent) -> bool | None:
+    """True: stop marketing; False: resume; None: this event says nothing about it."""
+    if MARKETING_OPT_OUT_ERROR_CODE in _error_codes(event):
+        return True
+    pref = event.preference
+    if event.kind == "preference" and pref is not None and pref.category == MARKETING_PREFERENCE_CATEGORY:
+        if pref.value in MARKETING_STOP_VALUES:
+            return True
+        if pref.value in MARKETING_RESUME_VALUES:
+            return False
+    return None
+
+
+def _window_effect(
+    state: ContactState, event: InboundEvent, ts: float, now: float, rules: WindowRules
 ) -> tuple[ContactState, InboundEffect]:
-    ts = effective_timestamp(event.timestamp, now, rules)
     if is_opener(event, rules):
+        if event.referral is not None and (state.referral_at is None or ts > state.referral_at):
+            state = replace(state, referral_at=ts)
         if state.last_opener_at is not None and ts <= state.last_opener_at:
             return state, InboundEffect.NONE
         was_open = view(state, now, rules).state in ("open", "closing")
@@ -97,6 +172,98 @@ def apply_inbound(
             return state, InboundEffect.NONE
         return replace(state, closed_at=ts), InboundEffect.CLOSED
     return state, InboundEffect.NONE
+
+
+def _marketing_effect(
+    state: ContactState, event: InboundEvent, ts: float
+) -> tuple[ContactState, InboundEffect]:
+    effect = InboundEffect.NONE
+    stop = _marketing_preference(event)
+    if stop is not None:
+        at = state.marketing_pref_at
+        newer = at is None or ts > at or (ts == at and stop and not state.marketing_opted_out)
+        if newer:
+            state = replace(state, marketing_pref_at=ts, marketing_opted_out=stop)
+            effect = InboundEffect.MARKETING_STOPPED if stop else InboundEffect.MARKETING_RESUMED
+    if MARKETING_COOLDOWN_ERROR_CODE in _error_codes(event):
+        until = ts + MARKETING_COOLDOWN_SECONDS
+        if state.marketing_cooldown_until is None or until > state.marketing_cooldown_until:
+            state = replace(state, marketing_cooldown_until=until)
+            effect = InboundEffect.MARKETING_COOLDOWN
+    return state, effect
+
+
+def _free_entry_report(
+    state: ContactState, event: InboundEvent, ts: float
+) -> tuple[ContactState, InboundEffect]:
+    conversation = event.conversation
+    if event.kind != "status" or conversation is None or conversation.expiration_timestamp is None:
+        return state, InboundEffect.NONE
+    origin = conversation.origin or {}
+    if origin.get("type") != FREE_ENTRY_POINT_ORIGIN:
+        return state, InboundEffect.NONE
+    until = conversation.expiration_timestamp
+    at, known = state.free_entry_reported_at, state.free_entry_reported_until
+    if at is None or ts > at or (ts == at and known is not None and until > known):
+        return replace(state, free_entry_reported_at=ts, free_entry_reported_until=until), (
+            InboundEffect.FREE_ENTRY_POINT
+        )
+    return state, InboundEffect.NONE
+
+
+def apply_inbound(
+    state: ContactState, event: InboundEvent, now: float, rules: WindowRules
+) -> tuple[ContactState, InboundEffect]:
+    """The new state and the effect to count. Every part is a newest-wins or maximum update."""
+    ts = effective_timestamp(event.timestamp, now, rules)
+    state, effect = _window_effect(state, event, ts, now, rules)
+    state, marketing = _marketing_effect(state, event, ts)
+    state, free_entry = _free_entry_report(state, event, ts)
+    for other in (marketing, free_entry):
+        if effect is InboundEffect.NONE:
+            effect = other
+    return state, effect
+
+
+def free_entry_point_until(state: ContactState, now: float) -> float | None:
+    """The end of the free entry point window ``now`` is in, or None."""
+    start, end = state.free_entry_started_at, state.free_entry_until
+    reported_at = state.free_entry_reported_at
+    if reported_at is not None and (start is None or reported_at >= start):
+        # Meta's expiration_timestamp is the ground truth for the window it reports on.
+        start = start if start is not None else reported_at
+        end = state.free_entry_reported_until
+    if start is None or end is None or not start <= now < end:
+        return None
+    return end
+
+
+def start_free_entry_point(state: ContactState, now: float) -> ContactState:
+    """The business answers (a send or template decision): a referral within 24 h opens 72 h free."""
+    referral = state.referral_at
+    if referral is None or not 0 <= now - referral <= FREE_ENTRY_POINT_ANSWER_SECONDS:
+        return state
+    if state.free_entry_started_at is not None and state.free_entry_started_at >= referral:
+        return state  # this referral was answered already
+    if free_entry_point_until(state, now) is not None:
+        return state
+    return replace(state, free_entry_started_at=now, free_entry_until=now + FREE_ENTRY_POINT_SECONDS)
+
+
+def marketing_block(state: ContactState, now: float) -> tuple[Reason, str] | None:
+    """(reason, detail) when marketing must not go to this contact now, else None."""
+    if state.marketing_opted_out:
+        return (
+            "marketing_opted_out",
+            f"The user stopped marketing messages at {state.marketing_pref_at:.0f} and has not resumed.",
+        )
+    until = state.marketing_cooldown_until
+    if until is not None and now < until:
+        return (
+            "marketing_cooldown",
+            f"Meta held back a marketing message (131049); marketing waits until {until:.0f}.",
+        )
+    return None
 
 
 def view(state: ContactState, now: float, rules: WindowRules) -> WindowSnapshot:

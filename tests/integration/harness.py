@@ -122,26 +122,14 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-class Gate:
-    """A prefix of topics with a worker on it, and a synchronous client for the tests."""
+class Topics:
+    """The gate's topics under one prefix, created up front as a deployment does; a synchronous client."""
 
-    def __init__(self, bootstrap: str, workdir: Path, partitions: int = 4, **env: str) -> None:
-        self.prefix = f"it{uuid.uuid4().hex[:8]}."
-        self.settings = Settings(
-            kafka_bootstrap_servers=bootstrap,
-            topic_prefix=self.prefix,
-            partitions=partitions,
-            data_dir=workdir / self.prefix / "state",
-            web_port=free_port(),
-        )
-        self.topo = topology(self.settings)
-        run(ensure_topics(bootstrap, self.topo))  # up front, as a deployment does
-        self.workdir = workdir
-        self.env = env
-        self.worker = self.new_worker()
-
-    def new_worker(self) -> Worker:
-        return Worker(self.settings, self.workdir / f"{self.prefix}worker.log", **self.env)
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.prefix = settings.topic_prefix
+        self.topo = topology(settings)
+        run(ensure_topics(settings.kafka_bootstrap_servers, self.topo))
 
     def _with_client(self, use: Callable[[GateClient], Awaitable[T]]) -> T:
         """Run one client call to completion: the tests themselves stay synchronous."""
@@ -155,7 +143,7 @@ class Gate:
     def produce(self, topic: str, key: str | bytes | None, value: Any, partition: int | None = None) -> int:
         return self._with_client(lambda client: client.produce(topic, key, value, partition))
 
-    def produce_many(self, records: Iterable[tuple[str, str, Any]]) -> None:
+    def produce_many(self, records: Iterable[tuple[str, str | None, Any]]) -> None:
         async def produce_all(client: GateClient) -> None:
             for topic, key, value in records:
                 await client.produce(topic, key, value)
@@ -177,6 +165,37 @@ class Gate:
         records = self.decisions([request_id], timeout)[request_id]
         assert len(records) == 1, f"{request_id}: expected one decision, got {[r.value for r in records]}"
         return records[0]
+
+    def read_all(self, topic: str) -> list[Record]:
+        return self._with_client(lambda client: client.read_to_end([topic], timeout=120))
+
+
+class Gate(Topics):
+    """A prefix of topics with a worker on it."""
+
+    def __init__(self, bootstrap: str, workdir: Path, partitions: int = 4, **env: str) -> None:
+        prefix = f"it{uuid.uuid4().hex[:8]}."
+        super().__init__(
+            Settings(
+                kafka_bootstrap_servers=bootstrap,
+                topic_prefix=prefix,
+                partitions=partitions,
+                data_dir=workdir / prefix / "state",
+                web_port=free_port(),
+            )
+        )
+        self.workdir = workdir
+        self.env = env
+        self.worker = self.new_worker()
+
+    def new_worker(self) -> Worker:
+        return Worker(self.settings, self.workdir / f"{self.prefix}worker.log", **self.env)
+
+    def send_webhooks(self, bodies: Iterable[bytes]) -> None:
+        """Produce raw webhook bodies, then wait until the gate has normalized and applied them all."""
+        self.produce_many((self.topo.webhooks.name, None, body) for body in bodies)
+        self.wait_consumed(self.topo.webhooks.name)
+        self.wait_consumed(self.topo.inbound.name)
 
     def dead_letters(self, until: Any, timeout: float = 60.0) -> list[Record]:
         return self._with_client(lambda client: client.read([self.topo.deadletter.name], until, timeout))

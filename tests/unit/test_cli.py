@@ -41,3 +41,16 @@ def test_help_lists_every_command() -> None:
     assert result.returncode == 0
     for command in ("worker", "topics", "schemas", "demo", "bench"):
         assert command in result.stdout
+
+
+def test_the_webhook_receiver_refuses_to_start_without_the_app_secret() -> None:
+    result = wagate("webhook", WAGATE_WEBHOOK_APP_SECRET="")
+    assert result.returncode != 0
+    assert "WAGATE_WEBHOOK_APP_SECRET is not set" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_webhook_help_names_its_settings() -> None:
+    result = wagate("webhook", "--help")
+    assert result.returncode == 0
+    for variable in ("WAGATE_WEBHOOK_APP_SECRET", "WAGATE_WEBHOOK_VERIFY_TOKEN", "WAGATE_WEBHOOK_PORT"):
+        assert variable in result.stdout

@@ -26,6 +26,8 @@ REASONS_BY_ROUTE = {
         "stale_request",
         "duplicate_request",
         "unsupported_message",
+        "marketing_opted_out",
+        "marketing_cooldown",
     },
 }
 
@@ -39,6 +41,7 @@ kinds_types = st.sampled_from(
         ("message", "unsupported"),
         ("call", "connect"),
         ("call", "terminate"),
+        ("call", "accepted"),
         ("status", "sent"),
         ("status", "delivered"),
         ("status", "read"),
@@ -55,8 +58,22 @@ def events(draw: Any) -> InboundEvent:
     extra: dict[str, Any] = {}
     if type_ == "failed":
         extra["errors"] = [
-            {"code": draw(st.sampled_from([131047, 470, 63016, 130472, 131026])), "title": "e"}
+            {
+                "code": draw(st.sampled_from([131047, 470, 63016, 130472, 131026, 131049, 131050])),
+                "title": "e",
+            }
         ]
+    if kind == "preference":
+        value = draw(st.sampled_from(["stop", "resume", "signup"]))
+        extra["preference"] = {"category": type_, "value": value}
+    if kind == "message" and draw(st.booleans()):
+        extra["referral"] = {"source_type": "ad", "source_id": "1"}
+    if kind == "status" and draw(st.booleans()):
+        extra["conversation"] = {
+            "id": "c",
+            "expiration_timestamp": draw(timestamps),
+            "origin": {"type": "referral_conversion"},
+        }
     return inbound(
         draw(timestamps), kind=kind, type=type_, event_id=draw(st.sampled_from(["a", "b", "c"])), **extra
     )
@@ -139,6 +156,10 @@ def test_every_request_gets_exactly_one_route_with_a_reason_that_fits_it(
         assert view(state, now, RULES).state == "open" and intent != "marketing"
     if decision.route == "template":
         assert with_fallback
+    if intent == "marketing" and decision.route != "rejected":
+        assert not state.marketing_opted_out, "marketing to a user who stopped it"
+    if decision.reason in ("marketing_opted_out", "marketing_cooldown"):
+        assert intent == "marketing"
     # the same request again is a duplicate, never a second send
     again, _ = decide(req, received, new_state, now, RULES)
     assert (again.route, again.reason) == ("rejected", "duplicate_request")

@@ -44,10 +44,18 @@ def test_statuses_never_open_a_window(status: str) -> None:
     assert effect is InboundEffect.NONE and state == EMPTY_STATE
 
 
-@pytest.mark.parametrize("direction", ["USER_INITIATED", "BUSINESS_INITIATED"])
-def test_a_call_connect_opens_the_window(direction: str) -> None:
+@pytest.mark.parametrize("direction", ["USER_INITIATED", None])
+def test_a_user_initiated_call_opens_the_window_answered_or_not(direction: str | None) -> None:
     event = inbound(T0 - HOUR, kind="call", type="connect", direction=direction)
     assert view(state_after(event), T0, RULES).state == "open"
+
+
+def test_a_business_call_opens_the_window_only_once_the_user_accepts() -> None:
+    calling = inbound(T0 - HOUR, kind="call", type="connect", direction="BUSINESS_INITIATED")
+    ringing = inbound(T0 - HOUR, kind="call", type="ringing", direction="BUSINESS_INITIATED")
+    assert view(state_after(calling, ringing), T0, RULES).state == "none"
+    accepted = inbound(T0 - HOUR, kind="call", type="accepted", direction="BUSINESS_INITIATED")
+    assert view(state_after(calling, ringing, accepted), T0, RULES).state == "open"
 
 
 def test_call_terminate_alone_does_not_open() -> None:

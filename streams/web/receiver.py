@@ -1,0 +1,186 @@
+"""The webhook receiver: Meta's POSTs -> ``wa.webhooks``, byte for byte, acked by Kafka before 200.
+
+Nothing accepted is lost: a body is answered 200 only once every in-sync replica has it (acks=all).
+When Kafka cannot take it in time the answer is 503 and Meta retries the same body later (for up to 7
+days); a body that did reach Kafka although the answer was 503 comes back as a duplicate, which the
+gate's state absorbs (duplicate events change nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+
+from streams.settings import Settings
+from streams.topology import topology
+
+log = logging.getLogger("wagate.webhook")
+
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+
+
+def signature_ok(body: bytes, header: str, secret: bytes) -> bool:
+    """Meta's X-Hub-Signature-256: "sha256=" + hex HMAC-SHA256 of the raw body with the app secret."""
+    prefix, _, given = header.partition("=")
+    if prefix != "sha256" or not given:
+        return False
+    expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, given.strip().lower())
+
+
+def sign(body: bytes, secret: bytes) -> str:
+    """The header value Meta sends for ``body`` (for clients and tests)."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+@dataclass
+class ReceiverMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.requests = Counter(
+            "wagate_webhook_requests",
+            "Webhook receiver answers, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+
+class KafkaSink:
+    """A producer started on first use and again after a failure, so the receiver outlives Kafka outages."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topic = topology(settings).webhooks.name
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def _ensure(self) -> AIOKafkaProducer:
+        async with self._lock:
+            if self._producer is None:
+                timeout_ms = int(self.settings.webhook_produce_timeout_seconds * 1000)
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                    acks="all",
+                    request_timeout_ms=timeout_ms,
+                    max_request_size=max(self.settings.webhook_max_body_bytes * 2, 1_048_576),
+                )
+                try:
+                    await producer.start()
+                except BaseException:
+                    await producer.stop()
+                    raise
+                self._producer = producer
+            return self._producer
+
+    async def put(self, body: bytes) -> None:
+        """Return once Kafka has acknowledged ``body``; raise when it cannot within the timeout."""
+        timeout = self.settings.webhook_produce_timeout_seconds
+        producer = await asyncio.wait_for(self._ensure(), timeout)
+        await asyncio.wait_for(producer.send_and_wait(self.topic, body), timeout)
+
+    async def reset(self) -> None:
+        async with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                await asyncio.wait_for(producer.stop(), 5)
+            except Exception:  # already broken: a new one is made on the next request
+                log.debug("producer stop failed", exc_info=True)
+
+    async def close(self) -> None:
+        await self.reset()
+
+
+def create_receiver(settings: Settings, sink: KafkaSink | None = None) -> web.Application:
+    if settings.webhook_app_secret is None or not settings.webhook_app_secret.get_secret_value():
+        raise ValueError(
+            "WAGATE_WEBHOOK_APP_SECRET is not set: the receiver checks every POST's X-Hub-Signature-256 "
+            "against your Meta app secret (App settings > Basic > App secret)"
+        )
+    secret = settings.webhook_app_secret.get_secret_value().encode()
+    verify_token = settings.webhook_verify_token
+    sink = sink or KafkaSink(settings)
+    metrics = ReceiverMetrics()
+    max_body = settings.webhook_max_body_bytes
+
+    def answer(outcome: str, status: int, text: str) -> web.Response:
+        metrics.requests.labels(outcome).inc()
+        return web.Response(status=status, text=text)
+
+    async def handshake(request: web.Request) -> web.Response:
+        query = request.query
+        if query.get("hub.mode") != "subscribe" or "hub.challenge" not in query:
+            return answer("handshake_refused", 400, "expected hub.mode=subscribe and hub.challenge")
+        given = query.get("hub.verify_token", "")
+        if verify_token is None or not hmac.compare_digest(
+            given.encode(), verify_token.get_secret_value().encode()
+        ):
+            return answer(
+                "handshake_refused", 403, "hub.verify_token does not match WAGATE_WEBHOOK_VERIFY_TOKEN"
+            )
+        return answer("handshake", 200, query["hub.challenge"])
+
+    async def receive(request: web.Request) -> web.Response:
+        if request.content_length is not None and request.content_length > max_body:
+            return answer("too_large", 413, f"body over {max_body} bytes")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return answer("too_large", 413, f"body over {max_body} bytes")
+        header = request.headers.get(SIGNATURE_HEADER)
+        if not header:
+            return answer("signature_missing", 401, f"{SIGNATURE_HEADER} header missing")
+        if not signature_ok(body, header, secret):
+            return answer("signature_invalid", 403, f"{SIGNATURE_HEADER} does not match the body")
+        try:
+            await sink.put(body)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning(
+                "Kafka did not take a webhook body (%s); answering 503 so Meta retries", type(exc).__name__
+            )
+            await sink.reset()
+            return answer("kafka_unavailable", 503, "Kafka unavailable, retry later")
+        return answer("accepted", 200, "ok")
+
+    async def metrics_page(request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def health(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def on_cleanup(app: web.Application) -> None:
+        await sink.close()
+
+    # aiohttp's own limit as well: a body without Content-Length (chunked) is cut off at read time.
+    app = web.Application(client_max_size=max_body)
+    app.router.add_get(settings.webhook_path, handshake)
+    app.router.add_post(settings.webhook_path, receive)
+    app.router.add_get("/metrics", metrics_page)
+    app.router.add_get("/health", health)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+def run_receiver(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="[%(asctime)s] [%(levelname)s] %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)  # its retry noise during an outage says nothing new
+    app = create_receiver(settings)
+    log.info(
+        "webhook receiver on http://%s:%d%s -> %s",
+        settings.webhook_host,
+        settings.webhook_port,
+        settings.webhook_path,
+        topology(settings).webhooks.name,
+    )
+    web.run_app(app, host=settings.webhook_host, port=settings.webhook_port, print=None)

@@ -1,0 +1,159 @@
+"""The webhook receiver as Meta sees it: handshake, signatures, size limit, and Kafka outages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streams.settings import Settings
+from streams.web.receiver import sign
+
+from ..whatsapp_fixtures import fixture_bodies
+from .harness import ROOT, Broker, Gate, Topics, free_port
+
+SECRET = b"app-secret-for-tests"
+TOKEN = "verify-me"
+MAX_BODY = 8192
+
+
+class Receiver:
+    def __init__(self, bootstrap: str, prefix: str, log_path: Path) -> None:
+        self.port = free_port()
+        env = dict(
+            os.environ,
+            KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+            WAGATE_TOPIC_PREFIX=prefix,
+            WAGATE_WEBHOOK_PORT=str(self.port),
+            WAGATE_WEBHOOK_APP_SECRET=SECRET.decode(),
+            WAGATE_WEBHOOK_VERIFY_TOKEN=TOKEN,
+            WAGATE_WEBHOOK_MAX_BODY_BYTES=str(MAX_BODY),
+            WAGATE_WEBHOOK_PRODUCE_TIMEOUT_SECONDS="3",
+        )
+        self.log_path = log_path
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "webhook"],
+            env=env,
+            cwd=ROOT,
+            stdout=log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if self.call("GET", "/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"receiver did not start:\n{log_path.read_text()}")
+            time.sleep(0.2)
+
+    def call(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, str]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", data=body, method=method, headers=headers or {}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def post(self, body: bytes, signature: str | None = "good") -> tuple[int, str]:
+        headers = {"Content-Type": "application/json"}
+        if signature == "good":
+            headers["X-Hub-Signature-256"] = sign(body, SECRET)
+        elif signature is not None:
+            headers["X-Hub-Signature-256"] = signature
+        return self.call("POST", "/webhook", body, headers)
+
+    def outcomes(self) -> str:
+        return self.call("GET", "/metrics")[1]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def receiver(gate: Gate, workdir: Path) -> Iterator[Receiver]:
+    started = Receiver(
+        gate.settings.kafka_bootstrap_servers, gate.prefix, workdir / f"receiver-{uuid.uuid4().hex[:6]}.log"
+    )
+    yield started
+    started.stop()
+
+
+def test_handshake_answers_the_challenge_only_with_the_right_token(receiver: Receiver) -> None:
+    ok = receiver.call(
+        "GET", f"/webhook?hub.mode=subscribe&hub.verify_token={TOKEN}&hub.challenge=1158201444"
+    )
+    assert ok == (200, "1158201444")
+    assert receiver.call("GET", "/webhook?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=1")[0] == 403
+    assert receiver.call("GET", "/webhook?hub.verify_token=x")[0] == 400
+
+
+def test_signed_bodies_reach_wa_webhooks_byte_for_byte_and_bad_ones_do_not(
+    gate: Gate, receiver: Receiver
+) -> None:
+    body = next(b for name, b in sorted(fixture_bodies().items()) if name.endswith("textMessage.json"))
+    marker = uuid.uuid4().hex.encode()
+    good = body.replace(b"wamid.", b"wamid." + marker, 1)
+    assert marker in good
+    assert receiver.post(good) == (200, "ok")
+    forged = body.replace(b"wamid.", b"wamid.forged" + marker, 1)
+    assert receiver.post(forged, signature=None)[0] == 401
+    assert receiver.post(forged, signature=sign(body, SECRET))[0] == 403  # signature of another body
+    assert receiver.post(forged, signature="sha1=" + "0" * 40)[0] == 403
+    assert receiver.post(b"{" + b" " * MAX_BODY + b"}")[0] == 413
+
+    stored = [r.raw for r in gate.read_all(gate.topo.webhooks.name) if r.raw and marker in r.raw]
+    assert stored == [good]
+    metrics = receiver.outcomes()
+    for outcome, count in [
+        ("accepted", 1),
+        ("signature_missing", 1),
+        ("signature_invalid", 2),
+        ("too_large", 1),
+    ]:
+        assert f'wagate_webhook_requests_total{{outcome="{outcome}"}} {count:.1f}' in metrics, metrics
+
+
+def test_kafka_down_gets_503_and_the_retried_body_is_kept_once_kafka_is_back(workdir: Path) -> None:
+    broker = Broker(workdir / f"outage-kafka-{uuid.uuid4().hex[:6]}")  # not started yet: Kafka is down
+    prefix = f"outage{uuid.uuid4().hex[:6]}."
+    receiver = Receiver(broker.bootstrap, prefix, workdir / f"receiver-outage-{prefix}log")
+    try:
+        body = b'{"object":"whatsapp_business_account","entry":[],"marker":"' + prefix.encode() + b'"}'
+        status, _ = receiver.post(body)
+        assert status == 503
+        broker.start()
+        try:
+            topics = Topics(Settings(kafka_bootstrap_servers=broker.bootstrap, topic_prefix=prefix))
+            # Meta retries the same body until it gets a 200
+            deadline = time.monotonic() + 60
+            while (status := receiver.post(body)[0]) != 200 and time.monotonic() < deadline:
+                time.sleep(1)
+            assert status == 200
+            assert [r.raw for r in topics.read_all(topics.topo.webhooks.name)] == [body]
+        finally:
+            broker.stop()
+        assert 'wagate_webhook_requests_total{outcome="kafka_unavailable"}' in receiver.outcomes()
+    finally:
+        receiver.stop()
