@@ -16,7 +16,9 @@ from faust.types import EventT, StreamT
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from streams.agents.gate import Clock, Gate
+from streams.agents.registry import RegistryFollower
 from streams.metrics import GateMetrics
+from streams.policy.templates import Registry
 from streams.sensors import LeanMonitor
 from streams.settings import Settings
 from streams.topology import CONTACT_STATE_TABLE, Topology, topology
@@ -83,7 +85,20 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
         help="Per-contact customer service window and recently decided request ids",
     )
     metrics = GateMetrics()
-    gate = Gate(app, topo, table, settings.rules, metrics, clock)
+    registry = Registry(configured_numbers=settings.configured_numbers)
+    follower = RegistryFollower(settings, topo, registry)
+    if settings.clock_offset_seconds:
+        base_clock, offset = clock, settings.clock_offset_seconds
+
+        def clock() -> float:
+            return base_clock() + offset
+
+    gate = Gate(app, topo, table, settings.rules, metrics, clock, registry)
+
+    async def follow_registry() -> None:
+        await follower.run()
+
+    app.task(follow_registry)  # on every worker, for as long as it runs
 
     def batches(stream: StreamT[bytes]) -> AsyncIterator[Sequence[EventT[bytes]]]:
         # The StreamT protocol lacks take_events; an agent is always given a concrete Stream.
@@ -97,11 +112,13 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
 
     @app.agent(raw_topic(topo.webhooks.name), name="webhooks")
     async def webhooks_agent(stream: StreamT[bytes]) -> None:
+        await follower.loaded.wait()  # template updates merge with what the registry already holds
         async for batch in batches(stream):
             await gate.on_batch(batch, gate.on_webhook)
 
     @app.agent(raw_topic(topo.requests.name), name="requests")
     async def requests_agent(stream: StreamT[bytes]) -> None:
+        await follower.loaded.wait()  # a half-loaded registry would call known templates unknown
         async for batch in batches(stream):
             await gate.on_batch(batch, gate.on_request)
 

@@ -83,6 +83,34 @@ def cmd_webhook(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_templates_load(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from pydantic import ValidationError as RecordError
+
+    from streams.client import GateClient
+    from streams.policy.templates import records_from_listing, template_key
+
+    settings = _settings()
+    try:
+        document = json.loads(Path(args.file).read_text())
+        records = records_from_listing(document, args.waba_id, time.time())
+    except (OSError, ValueError, RecordError) as exc:
+        sys.exit(f"wagate templates load: {args.file}: {exc}")
+
+    async def produce() -> None:
+        async with GateClient(settings) as client:
+            for record in records:
+                key = template_key(record.waba_id, record.name, record.language)
+                await client.produce(client.topo.templates.name, key, record.model_dump(exclude_none=True))
+
+    _ensure_topics(settings)
+    asyncio.run(produce())
+    print(f"{len(records)} template(s) of account {args.waba_id} written to the registry")
+    return 0
+
+
 def cmd_topics(args: argparse.Namespace) -> int:
     settings = _settings()
     from streams.topology import topology
@@ -140,6 +168,19 @@ def build_parser() -> argparse.ArgumentParser:
         description=WEBHOOK_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     ).set_defaults(func=cmd_webhook)
+    templates = sub.add_parser("templates", help="manage the template registry")
+    templates_sub = templates.add_subparsers(dest="templates_command", required=True, metavar="ACTION")
+    load = templates_sub.add_parser(
+        "load",
+        help="load a snapshot of Meta's GET /{waba_id}/message_templates answer into wa.templates",
+        description="Writes one TemplateRecord per entry of the file's 'data' list to wa.templates "
+        "(source sync, updated_at now: it overrides older webhook updates). Save the file with e.g. "
+        "curl 'https://graph.facebook.com/v21.0/<WABA_ID>/message_templates?limit=1000' "
+        "-H 'Authorization: Bearer <token>' > templates.json",
+    )
+    load.add_argument("file", help="the JSON Meta returned")
+    load.add_argument("--waba-id", required=True, help="the WhatsApp Business Account id the file belongs to")
+    load.set_defaults(func=cmd_templates_load)
     sub.add_parser("topics", help="create the gate's topics (idempotent) and list them").set_defaults(
         func=cmd_topics
     )

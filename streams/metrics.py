@@ -6,7 +6,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-ORIGINS = frozenset({"agent", "human", "automation", "broadcast", "api"})
+from streams.policy.rules import ORIGINS
 
 
 class GateMetrics:

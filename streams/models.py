@@ -36,6 +36,7 @@ Reason = Literal[
     "duplicate_request",
     "invalid_request",
     "unsupported_message",
+    "origin_not_allowed",
 ]
 
 

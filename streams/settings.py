@@ -6,6 +6,7 @@ Every variable is ``WAGATE_<FIELD>`` except the broker address, which follows th
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -13,7 +14,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streams.policy.rules import DEFAULT_OPENER_TYPES, WindowRules
+from streams.policy.rules import DEFAULT_OPENER_TYPES, ORIGINS, OriginPolicy, WindowRules
 
 
 class Settings(BaseSettings):
@@ -79,6 +80,20 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="how often consumed offsets are committed"
     )
 
+    origin_policy: str = Field(
+        default="",
+        description='per-origin rules as JSON, e.g. {"broadcast": {"free_form": false, "convert": false}}; '
+        "keys free_form, convert, require_fallback (all default true/true/false)",
+    )
+    phone_number_wabas: str = Field(
+        default="",
+        description="phone_number_id=waba_id[,...] for numbers whose account no webhook has shown yet",
+    )
+    clock_offset_seconds: float = Field(
+        default=0.0,
+        description="shift the decision clock (replays and tests of effective dates); 0 in production",
+    )
+
     # -- webhook receiver (`wagate webhook`) ----------------------------------------------------
     webhook_host: str = Field(default="127.0.0.1", description="address the webhook receiver binds to")
     webhook_port: int = Field(default=8080, ge=1, le=65535, description="port of the webhook receiver")
@@ -105,6 +120,22 @@ class Settings(BaseSettings):
                 raise ValueError(f"'{item}' is not a message type name (letters, digits and _ only)")
         return ",".join(items)
 
+    @field_validator("origin_policy")
+    @classmethod
+    def _origin_policy(cls, value: str) -> str:
+        parse_origin_policy(value)
+        return value
+
+    @field_validator("phone_number_wabas")
+    @classmethod
+    def _phone_number_wabas(cls, value: str) -> str:
+        parse_phone_number_wabas(value)
+        return value
+
+    @cached_property
+    def configured_numbers(self) -> dict[str, str]:
+        return parse_phone_number_wabas(self.phone_number_wabas)
+
     @property
     def faust_app_id(self) -> str:
         """Consumer group and changelog prefix: distinct per topic prefix, so deployments never share one."""
@@ -120,4 +151,38 @@ class Settings(BaseSettings):
             group_unsupported_types=frozenset(filter(None, self.group_unsupported_types.split(","))),
             dedupe_horizon_seconds=self.dedupe_horizon_seconds,
             dedupe_max_per_contact=self.dedupe_max_per_contact,
+            origins=parse_origin_policy(self.origin_policy),
         )
+
+
+def parse_origin_policy(raw: str) -> dict[str, OriginPolicy]:
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f'not JSON ({exc.msg}); example: {{"broadcast": {{"free_form": false}}}}') from None
+    if not isinstance(data, dict):
+        raise ValueError("must be a JSON object keyed by origin")
+    policies: dict[str, OriginPolicy] = {}
+    known = set(OriginPolicy.__dataclass_fields__)
+    for origin, rules in data.items():
+        if origin not in ORIGINS:
+            raise ValueError(f"unknown origin '{origin}'; origins are {', '.join(sorted(ORIGINS))}")
+        if not isinstance(rules, dict) or not all(isinstance(v, bool) for v in rules.values()):
+            raise ValueError(f"'{origin}' must map to an object of true/false values")
+        unknown = set(rules) - known
+        if unknown:
+            raise ValueError(f"'{origin}': unknown key(s) {sorted(unknown)}; keys are {sorted(known)}")
+        policies[origin] = OriginPolicy(**rules)
+    return policies
+
+
+def parse_phone_number_wabas(raw: str) -> dict[str, str]:
+    numbers: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        pnid, sep, waba = item.partition("=")
+        if not sep or not pnid.strip() or not waba.strip():
+            raise ValueError(f"'{item}' is not phone_number_id=waba_id")
+        numbers[pnid.strip()] = waba.strip()
+    return numbers

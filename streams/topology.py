@@ -26,6 +26,7 @@ class Topology:
     webhooks: TopicSpec
     inbound: TopicSpec
     templates: TopicSpec
+    numbers: TopicSpec
     requests: TopicSpec
     send: TopicSpec
     template: TopicSpec
@@ -60,6 +61,8 @@ def topology(settings: Settings) -> Topology:
         webhooks=topic("wa.webhooks"),
         inbound=topic("wa.inbound", copartitioned=True),
         templates=topic("wa.templates", compacted=True),
+        # phone_number_id -> waba_id learnt from webhooks (key: phone_number_id); read whole by every worker.
+        numbers=topic("wa.numbers", compacted=True),
         requests=topic("wa.outbound.requests", copartitioned=True),
         # Keyed by contact and written with an explicit murmur2 partition: same count as the inputs.
         send=topic("wa.outbound.send", copartitioned=True),

@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import orjson
 from faust.types import AppT, EventT, TableT
 
 from streams.agents.state import PartitionedState
@@ -25,6 +26,7 @@ from streams.policy.decide import decide, decide_invalid
 from streams.policy.keys import contact_key, partition_for, request_contact_key
 from streams.policy.parse import InvalidPayload, parse_inbound_event, parse_send_request
 from streams.policy.rules import WindowRules
+from streams.policy.templates import Registry
 from streams.policy.webhook import InvalidWebhook, normalize_webhook
 from streams.policy.window import ContactState, apply_inbound
 from streams.topology import Topology
@@ -52,6 +54,7 @@ class Gate:
         rules: WindowRules,
         metrics: GateMetrics,
         clock: Clock = time.time,
+        registry: Registry | None = None,
     ) -> None:
         self.app = app
         self.topo = topo
@@ -59,6 +62,7 @@ class Gate:
         self.rules = rules
         self.metrics = metrics
         self.clock = clock
+        self.registry = registry or Registry()
         self.partitions = topo.requests.partitions
         # Newest changelog send per partition in the current batch: its offset is persisted once.
         self._last_changelog: dict[int, Any] = {}
@@ -96,8 +100,12 @@ class Gate:
             for inbound in result.events:
                 await self._produce_inbound(inbound)
                 self.metrics.webhook_items.labels(f"event_{inbound.kind}").inc()
+            for pnid, waba in result.numbers:
+                if self.registry.learn_number(pnid, waba):
+                    await self._produce_number(pnid, waba)
             for template in result.templates:
-                await self._produce_template(template)
+                # Merged with what is known, so the compacted topic keeps whole records, not fragments.
+                await self._produce_template(self.registry.apply(template))
                 self.metrics.webhook_items.labels("template").inc()
             for _ in result.ignored_fields:
                 self.metrics.webhook_items.labels("ignored_field").inc()
@@ -114,6 +122,12 @@ class Gate:
         key = contact_key(inbound.phone_number_id, inbound.user, inbound.group_id)
         value = inbound.__pydantic_serializer__.to_json(inbound, exclude_none=True)
         await self._produce(self.topo.inbound.name, key.encode(), value, partition_for(key, self.partitions))
+
+    async def _produce_number(self, phone_number_id: str, waba_id: str) -> None:
+        value = orjson.dumps(
+            {"phone_number_id": phone_number_id, "waba_id": waba_id, "updated_at": self.clock()}
+        )
+        await self._produce(self.topo.numbers.name, phone_number_id.encode(), value)
 
     async def _produce_template(self, template: TemplateRecord) -> None:
         key = f"{template.waba_id}:{template.name}:{template.language}".encode()
@@ -141,7 +155,7 @@ class Gate:
             if await self._repartitioned(event, key, partition, "requests"):
                 return
             state = self._load(key, message.partition)
-            decision, new_state = decide(request, received, state, now, self.rules)
+            decision, new_state = decide(request, received, state, now, self.rules, self.registry)
             if new_state is not state:
                 await self._store(key, new_state, message.partition)
             await self.publish(decision, key.encode(), partition)

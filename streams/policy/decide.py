@@ -6,6 +6,7 @@ then staleness, deliverability, templates, and finally the window for free-form 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from streams.models import (
@@ -23,6 +24,13 @@ from streams.policy.keys import request_contact_key
 from streams.policy.parse import InvalidPayload
 from streams.policy.pricing import price
 from streams.policy.rules import SENDABLE_MESSAGE_TYPES, WindowRules
+from streams.policy.templates import (
+    Registry,
+    TemplateLookup,
+    TemplateProblem,
+    check_template,
+    template_category,
+)
 from streams.policy.window import (
     ContactState,
     WindowSnapshot,
@@ -95,25 +103,125 @@ def _decision(
     )
 
 
-def _free_form(
-    request: SendRequest, received: dict[str, Any], snapshot: WindowSnapshot, now: float, rules: WindowRules
-) -> Decision:
-    window = _window_view(snapshot)
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """One request being decided, with everything the checks read."""
+
+    request: SendRequest
+    received: dict[str, Any]
+    state: ContactState
+    snapshot: WindowSnapshot
+    now: float
+    rules: WindowRules
+    registry: Registry | None
+
+    @property
+    def window(self) -> WindowView:
+        return _window_view(self.snapshot)
+
+    def reject(self, reason: Reason, detail: str) -> Decision:
+        return _decision(
+            self.request,
+            self.received,
+            route="rejected",
+            reason=reason,
+            now=self.now,
+            window=self.window,
+            detail=detail,
+        )
+
+    def lookup(self, template: dict[str, Any]) -> tuple[TemplateLookup | None, TemplateProblem | None]:
+        """The registry's entry for a template object and what is wrong with it (None, None: no registry)."""
+        if self.registry is None:
+            return None, None
+        lookup = self.registry.lookup(
+            self.request.phone_number_id,
+            str(template.get("name")),
+            str((template.get("language") or {}).get("code")),
+        )
+        if not lookup.registry_known:
+            return lookup, None
+        return lookup, check_template(template, lookup)
+
+    def marketing_blocked(self, category: str) -> Decision | None:
+        if category != "marketing":
+            return None
+        blocked = marketing_block(self.state, self.now)
+        return None if blocked is None else self.reject(*blocked)
+
+
+def _category(default: Intent, lookup: TemplateLookup | None) -> Intent:
+    known = template_category(lookup) if lookup is not None else None
+    if known in ("marketing", "utility", "authentication"):
+        return known  # type: ignore[return-value]
+    return default
+
+
+def _template_message(ask: _Ask) -> Decision:
+    request, received = ask.request, ask.received
+    template = received["message"]["template"]
+    lookup, problem = ask.lookup(template)
+    if problem is not None:
+        return ask.reject(problem.reason, problem.detail)
+    category = _category(request.intent, lookup)
+    blocked = ask.marketing_blocked(category)
+    if blocked is not None:
+        return blocked
+    name, code = template["name"], template["language"]["code"]
+    if lookup is not None and lookup.record is not None:
+        reason: Reason = "template"
+        detail = f"Template '{name}' ({code}) is {lookup.record.status}, category {category}."
+    else:
+        reason = "template_unverified"
+        account = lookup.waba_id if lookup is not None and lookup.waba_id else "unknown"
+        detail = (
+            f"Template '{name}' ({code}) is sent unverified: account {account} has no registered templates."
+        )
+    return _decision(
+        request,
+        received,
+        route="send",
+        reason=reason,
+        now=ask.now,
+        window=ask.window,
+        message=_cloud_body(request, received["message"]),
+        detail=detail,
+        pricing=price(
+            is_template=True, intent=category, window_open=ask.snapshot.state == "open", now=ask.now
+        ),
+    )
+
+
+def _free_form(ask: _Ask) -> Decision:
+    request, received, snapshot = ask.request, ask.received, ask.snapshot
+    policy = ask.rules.origin(request.origin)
+    if not policy.free_form:
+        return ask.reject(
+            "origin_not_allowed",
+            f"Origin '{request.origin}' may not send free-form messages (WAGATE_ORIGIN_POLICY): "
+            "use a template.",
+        )
+    fallback = request.fallback_template
+    if policy.require_fallback and fallback is None:
+        return ask.reject(
+            "invalid_request",
+            f"request field 'fallback_template' is required for origin '{request.origin}' "
+            "(WAGATE_ORIGIN_POLICY)",
+        )
     if request.intent == "marketing":
         reason: Reason = "marketing_requires_template"
     elif snapshot.state == "open":
-        body = _cloud_body(request, received["message"])
         left = snapshot.seconds_left
         return _decision(
             request,
             received,
             route="send",
             reason="window_open",
-            now=now,
-            window=window,
-            message=body,
+            now=ask.now,
+            window=ask.window,
+            message=_cloud_body(request, received["message"]),
             detail=f"The window is open for another {left / 3600:.1f} h.",
-            pricing=price(is_template=False, intent=request.intent, window_open=True, now=now),
+            pricing=price(is_template=False, intent=request.intent, window_open=True, now=ask.now),
         )
     elif snapshot.state == "closing":
         reason = "window_closing"
@@ -123,38 +231,43 @@ def _free_form(
         reason = "no_window"
     since = "" if snapshot.expires_at is None else f" since {snapshot.expires_at:.0f}"
     detail = _FREE_FORM_DETAIL[reason].format(
-        expires=snapshot.expires_at, since=since, margin=rules.safety_margin_seconds
+        expires=snapshot.expires_at, since=since, margin=ask.rules.safety_margin_seconds
     )
-    fallback = request.fallback_template
     if fallback is None:
-        return _decision(
-            request,
-            received,
-            route="rejected",
-            reason=reason,
-            now=now,
-            window=window,
-            detail=detail + " No fallback_template was given.",
+        return ask.reject(reason, detail + " No fallback_template was given.")
+    if not policy.convert:
+        return ask.reject(
+            reason,
+            detail + f" Conversion to the fallback template is disabled for origin '{request.origin}'.",
         )
+    lookup, problem = ask.lookup(received["fallback_template"])
+    if problem is not None:
+        return ask.reject(problem.reason, f"{detail} The fallback_template cannot go: {problem.detail}")
+    category = _category("marketing" if request.intent == "marketing" else "utility", lookup)
+    blocked = ask.marketing_blocked(category)
+    if blocked is not None:
+        return blocked
     body = _cloud_body(request, {"type": "template", "template": received["fallback_template"]})
-    fallback_intent: Intent = "marketing" if request.intent == "marketing" else "utility"
     return _decision(
         request,
         received,
         route="template",
         reason=reason,
-        now=now,
-        window=window,
+        now=ask.now,
+        window=ask.window,
         message=body,
         detail=detail + f" Sending fallback template '{fallback.name}' ({fallback.language.code}) instead.",
-        pricing=price(
-            is_template=True, intent=fallback_intent, window_open=snapshot.state == "open", now=now
-        ),
+        pricing=price(is_template=True, intent=category, window_open=snapshot.state == "open", now=ask.now),
     )
 
 
 def decide(
-    request: SendRequest, received: dict[str, Any], state: ContactState, now: float, rules: WindowRules
+    request: SendRequest,
+    received: dict[str, Any],
+    state: ContactState,
+    now: float,
+    rules: WindowRules,
+    registry: Registry | None = None,
 ) -> tuple[Decision, ContactState]:
     """Decide one request against its contact's state at ``now``; returns the new state to store."""
     if request.request_id in state.decided:
@@ -169,7 +282,7 @@ def decide(
             detail=f"request_id '{request.request_id}' was already decided at {at}; it is never sent twice.",
         )
         return decision, state
-    decision = _decide_new(request, received, state, now, rules)
+    decision = _decide_new(_Ask(request, received, state, view(state, now, rules), now, rules, registry))
     new_state = remember_decision(state, request.request_id, now, rules)
     if decision.route != "rejected":
         new_state = start_free_entry_point(new_state, now)
@@ -181,63 +294,24 @@ def decide(
     return decision, new_state
 
 
-def _decide_new(
-    request: SendRequest, received: dict[str, Any], state: ContactState, now: float, rules: WindowRules
-) -> Decision:
-    snapshot = view(state, now, rules)
-    if request.not_after is not None and now > request.not_after:
-        return _decision(
-            request,
-            received,
-            route="rejected",
-            reason="stale_request",
-            now=now,
-            window=_window_view(snapshot),
-            detail=f"Decided at {now:.3f}, after the request's not_after {request.not_after}.",
+def _decide_new(ask: _Ask) -> Decision:
+    request = ask.request
+    if request.not_after is not None and ask.now > request.not_after:
+        return ask.reject(
+            "stale_request", f"Decided at {ask.now:.3f}, after the request's not_after {request.not_after}."
         )
     mtype = request.message.type
     if mtype not in SENDABLE_MESSAGE_TYPES or (
-        request.recipient_type == "group" and mtype in rules.group_unsupported_types
+        request.recipient_type == "group" and mtype in ask.rules.group_unsupported_types
     ):
         recipient = "a group" if request.recipient_type == "group" else "a user"
-        return _decision(
-            request,
-            received,
-            route="rejected",
-            reason="unsupported_message",
-            now=now,
-            window=_window_view(snapshot),
-            detail=f"Message type '{mtype}' cannot be sent to {recipient}.",
-        )
-    if request.intent == "marketing":
-        blocked = marketing_block(state, now)
-        if blocked is not None:
-            reason, detail = blocked
-            return _decision(
-                request,
-                received,
-                route="rejected",
-                reason=reason,
-                now=now,
-                window=_window_view(snapshot),
-                detail=detail,
-            )
+        return ask.reject("unsupported_message", f"Message type '{mtype}' cannot be sent to {recipient}.")
+    blocked = ask.marketing_blocked(request.intent)
+    if blocked is not None:
+        return blocked
     if mtype == "template":
-        template = received["message"]["template"]
-        return _decision(
-            request,
-            received,
-            route="send",
-            reason="template_unverified",
-            now=now,
-            window=_window_view(snapshot),
-            message=_cloud_body(request, received["message"]),
-            detail=f"Template '{template['name']}' is sent unverified: no template registry for it yet.",
-            pricing=price(
-                is_template=True, intent=request.intent, window_open=snapshot.state == "open", now=now
-            ),
-        )
-    return _free_form(request, received, snapshot, now, rules)
+        return _template_message(ask)
+    return _free_form(ask)
 
 
 def decide_invalid(invalid: InvalidPayload, record_key: str | None, now: float) -> Decision | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 # Content types both sides use: a user sends them, a business can send them.
@@ -38,6 +39,21 @@ FREE_ENTRY_POINT_ORIGIN = "referral_conversion"
 SENDABLE_MESSAGE_TYPES: frozenset[str] = _CONTENT_TYPES | {"template", "reaction"}
 
 
+ORIGINS: frozenset[str] = frozenset({"agent", "human", "automation", "broadcast", "api"})
+
+
+@dataclass(frozen=True, slots=True)
+class OriginPolicy:
+    """What one producer origin may do (WAGATE_ORIGIN_POLICY). Defaults: everything allowed."""
+
+    free_form: bool = True  # may send free-form messages at all
+    convert: bool = True  # may be converted to its fallback template when free-form cannot go
+    require_fallback: bool = False  # free-form requests must carry a fallback_template
+
+
+ALLOW_ALL = OriginPolicy()
+
+
 @dataclass(frozen=True, slots=True)
 class WindowRules:
     window_seconds: float = 86_400.0
@@ -47,3 +63,7 @@ class WindowRules:
     group_unsupported_types: frozenset[str] = field(default=frozenset({"interactive"}))
     dedupe_horizon_seconds: float = 7 * 86_400.0
     dedupe_max_per_contact: int = 1_000
+    origins: Mapping[str, OriginPolicy] = field(default_factory=dict)
+
+    def origin(self, name: str) -> OriginPolicy:
+        return self.origins.get(name, ALLOW_ALL)

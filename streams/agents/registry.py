@@ -1,0 +1,81 @@
+"""Every worker's copy of the template registry: ``wa.templates`` and ``wa.numbers`` read whole.
+
+Templates are few and every worker needs all of them (any request may name any template), so each
+worker reads both compacted topics from the start with a plain consumer outside the group, then
+follows them. Agents wait for the first full read before deciding anything: a decision made on a
+half-loaded registry would call a known template unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import ValidationError
+
+from streams.models import TemplateRecord
+from streams.policy.templates import Registry
+from streams.settings import Settings
+from streams.topology import Topology
+
+log = logging.getLogger(__name__)
+
+
+class RegistryFollower:
+    def __init__(self, settings: Settings, topo: Topology, registry: Registry) -> None:
+        self.settings = settings
+        self.topo = topo
+        self.registry = registry
+        self.loaded = asyncio.Event()
+        self.skipped = 0
+
+    def _apply(self, topic: str, value: bytes | None) -> None:
+        if value is None:
+            return
+        try:
+            if topic == self.topo.templates.name:
+                self.registry.apply(TemplateRecord.model_validate_json(value))
+            else:
+                number = orjson.loads(value)
+                self.registry.learn_number(str(number["phone_number_id"]), str(number["waba_id"]))
+        except (ValidationError, ValueError, KeyError, TypeError):
+            # Someone else's bad record on a shared topic must not stop the gate; it is skipped, counted.
+            self.skipped += 1
+            log.warning("skipped an unreadable record on %s", topic)
+
+    async def run(self) -> None:
+        names = [self.topo.templates.name, self.topo.numbers.name]
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers, group_id=None, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(n, p) for n in names for p in range(self.settings.partitions)]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            ends = await consumer.end_offsets(partitions)
+            pending = {tp for tp, end in ends.items() if end > 0}
+            started = time.monotonic()
+            while True:
+                if not pending and not self.loaded.is_set():
+                    self.loaded.set()
+                    log.info(
+                        "template registry loaded: %d templates, %d numbers in %.1f s",
+                        len(self.registry.templates),
+                        len(self.registry.numbers),
+                        time.monotonic() - started,
+                    )
+                batches = await consumer.getmany(timeout_ms=500)
+                for tp, records in batches.items():
+                    for record in records:
+                        self._apply(tp.topic, record.value)
+                    if tp in pending and records[-1].offset + 1 >= ends[tp]:
+                        pending.discard(tp)
+                for tp in list(pending):
+                    if await consumer.position(tp) >= ends[tp]:  # compaction can leave the end unread
+                        pending.discard(tp)
+        finally:
+            await consumer.stop()
