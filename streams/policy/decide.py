@@ -130,6 +130,27 @@ class _Ask:
             detail=detail,
         )
 
+    def accept(
+        self, route: Route, reason: Reason, detail: str, message: dict[str, Any], pricing: Pricing
+    ) -> Decision:
+        """A send or template decision carrying the complete Cloud API body built from ``message``."""
+        return _decision(
+            self.request,
+            self.received,
+            route=route,
+            reason=reason,
+            now=self.now,
+            window=self.window,
+            message=_cloud_body(self.request, message),
+            detail=detail,
+            pricing=pricing,
+        )
+
+    def template_price(self, category: Intent) -> Pricing:
+        return price(
+            is_template=True, intent=category, window_open=self.snapshot.state == "open", now=self.now
+        )
+
     def lookup(self, template: dict[str, Any]) -> tuple[TemplateLookup | None, TemplateProblem | None]:
         """The registry's entry for a template object and what is wrong with it (None, None: no registry)."""
         if self.registry is None:
@@ -177,19 +198,7 @@ def _template_message(ask: _Ask) -> Decision:
         detail = (
             f"Template '{name}' ({code}) is sent unverified: account {account} has no registered templates."
         )
-    return _decision(
-        request,
-        received,
-        route="send",
-        reason=reason,
-        now=ask.now,
-        window=ask.window,
-        message=_cloud_body(request, received["message"]),
-        detail=detail,
-        pricing=price(
-            is_template=True, intent=category, window_open=ask.snapshot.state == "open", now=ask.now
-        ),
-    )
+    return ask.accept("send", reason, detail, received["message"], ask.template_price(category))
 
 
 def _free_form(ask: _Ask) -> Decision:
@@ -211,17 +220,12 @@ def _free_form(ask: _Ask) -> Decision:
     if request.intent == "marketing":
         reason: Reason = "marketing_requires_template"
     elif snapshot.state == "open":
-        left = snapshot.seconds_left
-        return _decision(
-            request,
-            received,
-            route="send",
-            reason="window_open",
-            now=ask.now,
-            window=ask.window,
-            message=_cloud_body(request, received["message"]),
-            detail=f"The window is open for another {left / 3600:.1f} h.",
-            pricing=price(is_template=False, intent=request.intent, window_open=True, now=ask.now),
+        return ask.accept(
+            "send",
+            "window_open",
+            f"The window is open for another {snapshot.seconds_left / 3600:.1f} h.",
+            received["message"],
+            price(is_template=False, intent=request.intent, window_open=True, now=ask.now),
         )
     elif snapshot.state == "closing":
         reason = "window_closing"
@@ -247,17 +251,12 @@ def _free_form(ask: _Ask) -> Decision:
     blocked = ask.marketing_blocked(category)
     if blocked is not None:
         return blocked
-    body = _cloud_body(request, {"type": "template", "template": received["fallback_template"]})
-    return _decision(
-        request,
-        received,
-        route="template",
-        reason=reason,
-        now=ask.now,
-        window=ask.window,
-        message=body,
-        detail=detail + f" Sending fallback template '{fallback.name}' ({fallback.language.code}) instead.",
-        pricing=price(is_template=True, intent=category, window_open=snapshot.state == "open", now=ask.now),
+    return ask.accept(
+        "template",
+        reason,
+        detail + f" Sending fallback template '{fallback.name}' ({fallback.language.code}) instead.",
+        {"type": "template", "template": received["fallback_template"]},
+        ask.template_price(category),
     )
 
 
