@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
+from faust.exceptions import SameNode
 from faust.streams import Stream
 from faust.types import EventT, StreamT
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from streams.agents.gate import Clock, Gate
 from streams.agents.registry import RegistryFollower
 from streams.metrics import GateMetrics
+from streams.policy.keys import contact_key
 from streams.policy.templates import Registry
 from streams.sensors import LeanMonitor
 from streams.settings import Settings
@@ -121,6 +123,21 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
         await follower.loaded.wait()  # a half-loaded registry would call known templates unknown
         async for batch in batches(stream):
             await gate.on_batch(batch, gate.on_request)
+
+    @app.page("/windows/{phone_number_id}/{user}")
+    async def window_page(view: Any, request: Any, **_: Any) -> Any:
+        # A group is asked for as /windows/<phone_number_id>/group:<group_id>: the contact key either way.
+        key = contact_key(request.match_info["phone_number_id"], request.match_info["user"])
+        try:
+            # The worker holding the contact's partition answers; Faust forwards the request there.
+            return await app.router.route_req(table.name, key.encode(), view.web, request)
+        except SameNode:
+            report = gate.window(key)
+            return view.bytes(report.__pydantic_serializer__.to_json(report), content_type="application/json")
+
+    @app.page("/health")
+    async def health_page(view: Any, request: Any) -> Any:
+        return view.text("ok")
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

@@ -111,6 +111,35 @@ def cmd_templates_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_window(args: argparse.Namespace) -> int:
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    settings = _settings()
+    path = "/windows/" + "/".join(
+        urllib.parse.quote(part, safe=":") for part in (args.phone_number_id, args.user)
+    )
+    url = f"http://{settings.web_host}:{settings.web_port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            report = json.loads(response.read())
+    except (urllib.error.URLError, OSError) as exc:
+        sys.exit(
+            f"wagate window: no gate worker answered at {url} ({exc}); start one (`make run`) or set "
+            "WAGATE_WEB_HOST/WAGATE_WEB_PORT to a worker's"
+        )
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['contact']}: {report['state']}")
+    print(report["summary"])
+    if report.get("free_entry_point_until"):
+        print(f"Free entry point until {report['free_entry_point_until']:.0f} (messages are not billed).")
+    return 0
+
+
 def cmd_topics(args: argparse.Namespace) -> int:
     settings = _settings()
     from streams.topology import topology
@@ -168,6 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
         description=WEBHOOK_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     ).set_defaults(func=cmd_webhook)
+    window = sub.add_parser(
+        "window",
+        help="show a contact's window: open until when, or template required and why",
+        description="Asks a running worker (WAGATE_WEB_HOST:WAGATE_WEB_PORT; it forwards to the worker "
+        "that owns the contact). For a group, USER is group:<group_id>.",
+    )
+    window.add_argument("phone_number_id")
+    window.add_argument("user", help="wa_id or business-scoped user id, or group:<group_id>")
+    window.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    window.add_argument("--timeout", type=float, default=10.0)
+    window.set_defaults(func=cmd_window)
     templates = sub.add_parser("templates", help="manage the template registry")
     templates_sub = templates.add_subparsers(dest="templates_command", required=True, metavar="ACTION")
     load = templates_sub.add_parser(

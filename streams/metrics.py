@@ -48,6 +48,17 @@ class GateMetrics:
             ["item"],
             registry=self.registry,
         )
+        self.gate_misses = Counter(
+            "wagate_gate_misses",
+            "131047-type failures for a contact the gate had sent free-form to on window_open (keep at 0)",
+            registry=self.registry,
+        )
+        self.decision_processing = Histogram(
+            "wagate_decision_processing_seconds",
+            "Time the worker spends deciding one request (parse, state, policy, produce)",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+            registry=self.registry,
+        )
         self.decision_latency = Histogram(
             "wagate_decision_latency_seconds",
             "Request created_at to decision time",

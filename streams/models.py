@@ -169,6 +169,22 @@ class Decision(BaseModel):
     )
 
 
+class WindowReport(BaseModel):
+    """``GET /windows/{phone_number_id}/{user}``: a contact's window as the gate sees it now."""
+
+    contact: str
+    state: WindowStateName
+    last_inbound_at: EpochSeconds | None
+    expires_at: EpochSeconds | None
+    seconds_left: float
+    free_entry_point_until: EpochSeconds | None
+    marketing_opted_out: bool
+    marketing_cooldown_until: EpochSeconds | None = None
+    summary: str = Field(
+        description="one sentence for a person: open until when, or template required and why"
+    )
+
+
 class WindowEvent(BaseModel):
     contact: str
     event: Literal["opened", "expiring", "closed"]

@@ -21,14 +21,14 @@ from faust.types import AppT, EventT, TableT
 
 from streams.agents.state import PartitionedState
 from streams.metrics import GateMetrics
-from streams.models import DeadLetter, Decision, InboundEvent, TemplateRecord, trusted
+from streams.models import DeadLetter, Decision, InboundEvent, TemplateRecord, WindowReport, trusted
 from streams.policy.decide import decide, decide_invalid
 from streams.policy.keys import contact_key, partition_for, request_contact_key
 from streams.policy.parse import InvalidPayload, parse_inbound_event, parse_send_request
 from streams.policy.rules import WindowRules
 from streams.policy.templates import Registry
 from streams.policy.webhook import InvalidWebhook, normalize_webhook
-from streams.policy.window import ContactState, apply_inbound
+from streams.policy.window import ContactState, apply_inbound, is_gate_miss, window_report
 from streams.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,13 @@ class Gate:
             if await self._repartitioned(event, key, partition_for(key, self.partitions), "inbound"):
                 return
             state = self._load(key, message.partition)
-            new_state, effect = apply_inbound(state, parsed, self.clock(), self.rules)
+            now = self.clock()
+            if is_gate_miss(state, parsed, now, self.rules):
+                self.metrics.gate_misses.inc()
+                log.warning(
+                    "gate miss: a 131047-type failure after a window_open send (see wagate_gate_misses)"
+                )
+            new_state, effect = apply_inbound(state, parsed, now, self.rules)
             if new_state is not state:
                 await self._store(key, new_state, message.partition)
             self.metrics.count_inbound(parsed.kind, effect.value)
@@ -136,6 +142,7 @@ class Gate:
 
     async def on_request(self, event: EventT[bytes]) -> None:
         message = event.message
+        started = time.perf_counter()
         try:
             now = self.clock()
             parsed = parse_send_request(message.value)
@@ -159,6 +166,7 @@ class Gate:
             if new_state is not state:
                 await self._store(key, new_state, message.partition)
             await self.publish(decision, key.encode(), partition)
+            self.metrics.decision_processing.observe(time.perf_counter() - started)
             if request.created_at is not None:
                 self.metrics.decision_latency.observe(max(0.0, now - request.created_at))
         except Exception as exc:  # bad input must never stop the worker: dead-letter it instead
@@ -211,6 +219,11 @@ class Gate:
         return True
 
     # -- state ----------------------------------------------------------------------------------
+
+    def window(self, key: str) -> WindowReport:
+        """The contact's window now; call it on the worker that holds the contact's partition."""
+        state = self._load(key, partition_for(key, self.partitions))
+        return window_report(key, state, self.clock(), self.rules)
 
     def _load(self, key: str, partition: int) -> ContactState:
         return ContactState.from_bytes(self.state.get(partition, key.encode()))

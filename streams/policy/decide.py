@@ -6,7 +6,7 @@ then staleness, deliverability, templates, and finally the window for free-form 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from streams.models import (
@@ -283,6 +283,8 @@ def decide(
         return decision, state
     decision = _decide_new(_Ask(request, received, state, view(state, now, rules), now, rules, registry))
     new_state = remember_decision(state, request.request_id, now, rules)
+    if decision.reason == "window_open":
+        new_state = replace(new_state, free_form_sent_at=now)
     if decision.route != "rejected":
         new_state = start_free_entry_point(new_state, now)
         if decision.pricing is not None and free_entry_point_until(new_state, now) is not None:

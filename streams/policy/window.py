@@ -8,12 +8,13 @@ an old retry never moves the window back.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 import orjson
 
-from streams.models import InboundEvent, Reason, WindowStateName
+from streams.models import InboundEvent, Reason, WindowReport, WindowStateName
 from streams.policy.rules import (
     BUSINESS_INITIATED,
     CALL_ACCEPTED_TYPE,
@@ -55,6 +56,8 @@ class ContactState:
     # status on a referral_conversion conversation.
     free_entry_reported_at: float | None = None
     free_entry_reported_until: float | None = None
+    # When the gate last let a free-form message out on window_open: a 131047 after it is a gate miss.
+    free_form_sent_at: float | None = None
 
     def to_bytes(self) -> bytes:
         data: dict[str, Any] = {"o": self.last_opener_at, "c": self.closed_at, "d": self.decided}
@@ -67,6 +70,7 @@ class ContactState:
             ("fu", self.free_entry_until),
             ("fra", self.free_entry_reported_at),
             ("fru", self.free_entry_reported_until),
+            ("ff", self.free_form_sent_at),
         ):
             if value is not None:
                 data[key] = value
@@ -91,6 +95,7 @@ class ContactState:
             free_entry_until=data.get("fu"),
             free_entry_reported_at=data.get("fra"),
             free_entry_reported_until=data.get("fru"),
+            free_form_sent_at=data.get("ff"),
         )
 
 
@@ -225,6 +230,19 @@ def apply_inbound(
     return state, effect
 
 
+def is_gate_miss(state: ContactState, event: InboundEvent, now: float, rules: WindowRules) -> bool:
+    """A "window closed" failure (131047 and kin) for a contact the gate had just sent free-form to.
+
+    Meta gives the failed status the wamid the sender got, which the gate never sees; a failure at or
+    after the gate's last window_open send, within one window length of it, is attributed to it.
+    """
+    sent = state.free_form_sent_at
+    if sent is None or event.kind != "status" or not is_authoritative_close(event):
+        return False
+    ts = effective_timestamp(event.timestamp, now, rules)
+    return sent - rules.future_skew_seconds <= ts <= sent + rules.window_seconds
+
+
 def free_entry_point_until(state: ContactState, now: float) -> float | None:
     """The end of the free entry point window ``now`` is in, or None."""
     start, end = state.free_entry_started_at, state.free_entry_until
@@ -292,3 +310,39 @@ def remember_decision(state: ContactState, request_id: str, now: float, rules: W
         newest = sorted(decided.items(), key=lambda item: item[1])[-rules.dedupe_max_per_contact :]
         decided = dict(newest)
     return replace(state, decided=decided)
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def window_report(contact: str, state: ContactState, now: float, rules: WindowRules) -> WindowReport:
+    snapshot = view(state, now, rules)
+    if snapshot.state == "open":
+        summary = f"Open until {_utc(snapshot.expires_at or now)}: free-form messages go out."
+    elif snapshot.state == "closing":
+        summary = (
+            f"Closing at {_utc(snapshot.expires_at or now)}, inside the {rules.safety_margin_seconds:.0f} s "
+            "safety margin: send a template."
+        )
+    elif snapshot.state == "closed" and snapshot.expires_at is not None:
+        summary = f"Closed since {_utc(snapshot.expires_at)}: only templates until the user writes again."
+    elif snapshot.state == "closed":
+        summary = "Closed by Meta (131047 or a number change): only templates until the user writes again."
+    else:
+        summary = "The user has never written to this number: only templates can start the conversation."
+    if state.marketing_opted_out:
+        summary += " The user stopped marketing messages."
+    return WindowReport(
+        contact=contact,
+        state=snapshot.state,
+        last_inbound_at=snapshot.last_inbound_at,
+        expires_at=snapshot.expires_at,
+        seconds_left=snapshot.seconds_left,
+        free_entry_point_until=free_entry_point_until(state, now),
+        marketing_opted_out=state.marketing_opted_out,
+        marketing_cooldown_until=state.marketing_cooldown_until
+        if state.marketing_cooldown_until is not None and state.marketing_cooldown_until > now
+        else None,
+        summary=summary,
+    )

@@ -136,3 +136,30 @@ def test_state_with_every_part_set_survives_its_byte_form() -> None:
     req, received = request()
     _, state = decide(req, received, state, T0, RULES)
     assert ContactState.from_bytes(state.to_bytes()) == state
+
+
+def test_a_131047_after_a_window_open_send_is_a_gate_miss_and_before_it_is_not() -> None:
+    from streams.policy.window import is_gate_miss
+
+    state = fold(inbound(T0 - HOUR))
+    req, received = request()
+    decision, sent = decide(req, received, state, T0, RULES)
+    assert decision.reason == "window_open"
+    assert is_gate_miss(sent, failed(T0 + 5, 131047), T0 + 10, RULES)  # type: ignore[arg-type]
+    assert not is_gate_miss(sent, failed(T0 - HOUR, 131047), T0 + 10, RULES)  # type: ignore[arg-type]
+    assert not is_gate_miss(state, failed(T0 + 5, 131047), T0 + 10, RULES)  # type: ignore[arg-type]
+    assert not is_gate_miss(sent, failed(T0 + 5, 131049), T0 + 10, RULES)  # type: ignore[arg-type]
+
+
+def test_the_window_report_says_what_a_person_needs() -> None:
+    from streams.policy.window import window_report
+
+    open_report = window_report("pn1:u1", fold(inbound(T0 - HOUR)), T0, RULES)
+    assert (open_report.state, open_report.expires_at) == ("open", T0 - HOUR + DAY)
+    assert open_report.summary.startswith("Open until ")
+    never = window_report("pn1:u2", EMPTY_STATE, T0, RULES)
+    assert never.state == "none" and "never written" in never.summary
+    stopped = window_report("pn1:u1", fold(inbound(T0 - 2 * DAY), pref(T0 - HOUR, "stop")), T0, RULES)
+    assert (
+        stopped.state == "closed" and stopped.marketing_opted_out and "stopped marketing" in stopped.summary
+    )

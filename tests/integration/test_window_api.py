@@ -1,0 +1,116 @@
+"""The window API with two workers: each answers for every contact, its own or the other's."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streams.policy.keys import partition_for
+
+from .conftest import inbound, start_and_wait, text_request
+from .harness import ROOT, Gate, Worker, free_port
+
+HOUR = 3600.0
+
+
+def ask(port: int, pnid: str, user: str) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/windows/{pnid}/{user}", timeout=10) as response:
+            return dict(json.loads(response.read()))
+    except (urllib.error.URLError, OSError):
+        return None  # mid-rebalance a worker may answer 503
+
+
+@pytest.fixture
+def two_workers(bootstrap: str, workdir: Path) -> Iterator[tuple[Gate, Worker]]:
+    gate = Gate(bootstrap, workdir)
+    start_and_wait(gate)
+    settings = gate.settings.model_copy(
+        update={"data_dir": workdir / gate.prefix / "second", "web_port": free_port()}
+    )
+    second = Worker(settings, workdir / f"{gate.prefix}second.log")
+    second.start()
+    try:
+        second.wait_for_log("Worker ready", timeout=120)
+        yield gate, second
+    finally:
+        second.stop()
+        gate.worker.stop()
+
+
+def test_both_workers_answer_for_every_contact_and_the_cli_prints_it(
+    two_workers: tuple[Gate, Worker],
+) -> None:
+    gate, second = two_workers
+    pnid = "pn-api"
+    now = time.time()
+    # open windows for users on every partition, and one group; "never" never wrote
+    partitions = gate.settings.partitions
+    users: list[str] = []
+    for i in range(40):
+        taken = {partition_for(f"{pnid}:{u}", partitions) for u in users}
+        if partition_for(f"{pnid}:u{i}", partitions) not in taken:
+            users.append(f"u{i}")
+    assert len(users) == gate.settings.partitions
+    gate.produce_many((gate.topo.inbound.name, f"{pnid}:{u}", inbound(pnid, u, now - HOUR)) for u in users)
+    gate.produce(
+        gate.topo.inbound.name, f"{pnid}:group:g1", inbound(pnid, "member", now - 2 * HOUR, group_id="g1")
+    )
+    gate.wait_consumed(gate.topo.inbound.name)
+
+    ports = [gate.settings.web_port, second.settings.web_port]
+    expected = {u: "open" for u in users} | {"group:g1": "open", "never": "none"}
+    deadline = time.monotonic() + 90
+    while True:
+        answers = {(port, u): ask(port, pnid, u) for port in ports for u in expected}
+        if all(a is not None and a["state"] == expected[u] for (_, u), a in answers.items()):
+            break
+        assert time.monotonic() < deadline, {k: (v or {}).get("state") for k, v in answers.items()}
+        time.sleep(1)
+    opened = answers[(ports[1], users[0])]
+    assert opened is not None and opened["contact"] == f"{pnid}:{users[0]}"
+    assert abs(opened["expires_at"] - (now - HOUR + 86_400)) < 1.5 and opened["seconds_left"] > 0
+    assert opened["marketing_opted_out"] is False and opened["free_entry_point_until"] is None
+
+    env = dict(os.environ, WAGATE_WEB_PORT=str(ports[1]))
+    cli = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "window", pnid, "never"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert "none" in cli.stdout and "only templates can start the conversation" in cli.stdout
+
+
+def test_a_131047_after_a_window_open_send_counts_as_a_gate_miss(gate: Gate, pnid: str) -> None:
+    now = time.time()
+    gate.produce(gate.topo.inbound.name, f"{pnid}:u1", inbound(pnid, "u1", now - HOUR))
+    gate.wait_consumed(gate.topo.inbound.name)
+    before = gate.worker.metric_sum("wagate_gate_misses_total")
+    gate.produce(gate.topo.requests.name, f"{pnid}:u1", text_request(pnid, "u1", f"{pnid}-1"))
+    assert gate.decision(f"{pnid}-1").value["reason"] == "window_open"
+    failed = inbound(
+        pnid,
+        "u1",
+        time.time() + 1,
+        kind="status",
+        type="failed",
+        errors=[{"code": 131047, "title": "Re-engagement"}],
+    )
+    gate.produce(gate.topo.inbound.name, f"{pnid}:u1", failed)
+    gate.wait_consumed(gate.topo.inbound.name)
+    assert gate.worker.metric_sum("wagate_gate_misses_total") == before + 1
+    assert "wagate_decision_processing_seconds_count" in gate.worker.metrics_text()
