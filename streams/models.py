@@ -169,6 +169,14 @@ class Decision(BaseModel):
     )
 
 
+class NumberRecord(BaseModel):
+    """``wa.numbers`` (compacted, key phone_number_id): the WhatsApp Business Account of a number."""
+
+    phone_number_id: NonEmpty
+    waba_id: NonEmpty
+    updated_at: EpochSeconds
+
+
 class WindowReport(BaseModel):
     """``GET /windows/{phone_number_id}/{user}``: a contact's window as the gate sees it now."""
 
@@ -247,4 +255,6 @@ WIRE_MODELS: dict[str, type[BaseModel]] = {
     "WindowEvent": WindowEvent,
     "DeadLetter": DeadLetter,
     "TemplateRecord": TemplateRecord,
+    "WindowReport": WindowReport,
+    "NumberRecord": NumberRecord,
 }

@@ -16,12 +16,19 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import orjson
 from faust.types import AppT, EventT, TableT
 
 from streams.agents.state import PartitionedState
 from streams.metrics import GateMetrics
-from streams.models import DeadLetter, Decision, InboundEvent, TemplateRecord, WindowReport, trusted
+from streams.models import (
+    DeadLetter,
+    Decision,
+    InboundEvent,
+    NumberRecord,
+    TemplateRecord,
+    WindowReport,
+    trusted,
+)
 from streams.policy.decide import decide, decide_invalid
 from streams.policy.keys import contact_key, partition_for, request_contact_key
 from streams.policy.parse import InvalidPayload, parse_inbound_event, parse_send_request
@@ -130,9 +137,8 @@ class Gate:
         await self._produce(self.topo.inbound.name, key.encode(), value, partition_for(key, self.partitions))
 
     async def _produce_number(self, phone_number_id: str, waba_id: str) -> None:
-        value = orjson.dumps(
-            {"phone_number_id": phone_number_id, "waba_id": waba_id, "updated_at": self.clock()}
-        )
+        record = NumberRecord(phone_number_id=phone_number_id, waba_id=waba_id, updated_at=self.clock())
+        value = record.__pydantic_serializer__.to_json(record)
         await self._produce(self.topo.numbers.name, phone_number_id.encode(), value)
 
     async def _produce_template(self, template: TemplateRecord) -> None:

@@ -12,11 +12,10 @@ import asyncio
 import logging
 import time
 
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
-from streams.models import TemplateRecord
+from streams.models import NumberRecord, TemplateRecord
 from streams.policy.templates import Registry
 from streams.settings import Settings
 from streams.topology import Topology
@@ -39,9 +38,9 @@ class RegistryFollower:
             if topic == self.topo.templates.name:
                 self.registry.apply(TemplateRecord.model_validate_json(value))
             else:
-                number = orjson.loads(value)
-                self.registry.learn_number(str(number["phone_number_id"]), str(number["waba_id"]))
-        except (ValidationError, ValueError, KeyError, TypeError):
+                number = NumberRecord.model_validate_json(value)
+                self.registry.learn_number(number.phone_number_id, number.waba_id)
+        except ValidationError:
             # Someone else's bad record on a shared topic must not stop the gate; it is skipped, counted.
             self.skipped += 1
             log.warning("skipped an unreadable record on %s", topic)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from streams.models import WindowReport
 from streams.policy.keys import partition_for
 
 from .conftest import inbound, start_and_wait, text_request
@@ -79,6 +80,7 @@ def test_both_workers_answer_for_every_contact_and_the_cli_prints_it(
         time.sleep(1)
     opened = answers[(ports[1], users[0])]
     assert opened is not None and opened["contact"] == f"{pnid}:{users[0]}"
+    WindowReport.model_validate(opened)  # the answer is what schemas/WindowReport.schema.json says
     assert abs(opened["expires_at"] - (now - HOUR + 86_400)) < 1.5 and opened["seconds_left"] > 0
     assert opened["marketing_opted_out"] is False and opened["free_entry_point_until"] is None
 
