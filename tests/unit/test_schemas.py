@@ -17,7 +17,16 @@ def test_every_wire_payload_has_a_schema_naming_its_required_fields() -> None:
     rendered = {name: orjson.loads(body) for name, body in render_schemas().items()}
     assert set(rendered) == {
         f"{n}.schema.json"
-        for n in ("InboundEvent", "SendRequest", "Decision", "WindowEvent", "DeadLetter", "TemplateRecord")
+        for n in (
+            "InboundEvent",
+            "SendRequest",
+            "Decision",
+            "WindowEvent",
+            "DeadLetter",
+            "TemplateRecord",
+            "WindowReport",
+            "NumberRecord",
+        )
     }
     assert set(rendered["SendRequest.schema.json"]["required"]) == {
         "request_id",
