@@ -87,6 +87,7 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
         help="Per-contact customer service window and recently decided request ids",
     )
     metrics = GateMetrics()
+    cast(LeanMonitor, app.monitor).export_to(metrics.registry)
     registry = Registry(configured_numbers=settings.configured_numbers)
     follower = RegistryFollower(settings, topo, registry)
     if settings.clock_offset_seconds:

@@ -140,6 +140,22 @@ def cmd_window(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from streams.dashboard import DASHBOARD_PATH, render
+
+    path = Path(args.out) if args.out else DASHBOARD_PATH
+    rendered = render()
+    if args.check:
+        if not path.exists() or path.read_text() != rendered:
+            print(f"{path} differs from streams/dashboard.py: run `wagate dashboard`", file=sys.stderr)
+            return 1
+        return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(rendered)
+    print(path)
+    return 0
+
+
 def cmd_topics(args: argparse.Namespace) -> int:
     settings = _settings()
     from streams.topology import topology
@@ -197,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=WEBHOOK_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     ).set_defaults(func=cmd_webhook)
+    dashboard = sub.add_parser("dashboard", help="write the Grafana dashboard JSON from streams/dashboard.py")
+    dashboard.add_argument("--out", default=None, help="default: deploy/grafana/dashboards/wagate.json")
+    dashboard.add_argument("--check", action="store_true", help="exit 1 if the file differs from the code")
+    dashboard.set_defaults(func=cmd_dashboard)
     window = sub.add_parser(
         "window",
         help="show a contact's window: open until when, or template required and why",

@@ -231,6 +231,13 @@ def test_metrics_count_decisions_without_personal_data(gate: Gate, pnid: str) ->
     body = gate.worker.metrics_text()
     assert 'wagate_decisions_total{origin="agent",reason="no_window",route="rejected"}' in body
     assert pnid not in body
+    # Faust's own figures: lag per topic, commits, rebalances (the worker joined its group once at least)
+    assert f'wagate_consumer_lag{{topic="{gate.topo.requests.name}"}}' in body
+    assert gate.worker.metric_sum("wagate_rebalances_total") >= 1
+    deadline = time.monotonic() + 30
+    while gate.worker.metric_sum("wagate_commit_latency_seconds_count") == 0:
+        assert time.monotonic() < deadline, "no commit was measured"
+        time.sleep(0.5)
 
 
 def test_topics_with_a_different_partition_count_are_refused_with_the_fix(bootstrap: str) -> None:

@@ -1,0 +1,149 @@
+"""The Grafana dashboard, as code: ``wagate dashboard`` writes deploy/grafana/dashboards/wagate.json.
+
+Plain data, one function per panel kind, so a query is read (and reviewed) next to its title; the
+committed JSON must equal what this produces (tests/unit/test_dashboard.py), and every panel's query is
+evaluated against a real Prometheus scraping a real worker (tests/integration/test_prometheus.py).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DATASOURCE = {"type": "prometheus", "uid": "wagate-prometheus"}
+DASHBOARD_PATH = Path("deploy/grafana/dashboards/wagate.json")
+
+
+@dataclass(frozen=True)
+class Query:
+    expr: str
+    legend: str
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    description: str
+    queries: tuple[Query, ...]
+    unit: str = "short"
+    kind: str = "timeseries"
+
+
+def _rejected_share(by: str) -> str:
+    group = f" by ({by})" if by else ""
+    return (
+        f'sum{group} (rate(wagate_decisions_total{{route="rejected"}}[5m]))'
+        f" / sum{group} (rate(wagate_decisions_total[5m]))"
+    )
+
+
+PANELS: tuple[Panel, ...] = (
+    Panel(
+        "Block rate",
+        "Share of send requests rejected (all origins).",
+        (Query(_rejected_share(""), "rejected share"),),
+        unit="percentunit",
+    ),
+    Panel(
+        "Block rate by origin",
+        "Which producers are being stopped: broadcast tools sending free-form outside the window show here.",
+        (Query(_rejected_share("origin"), "{{origin}}"),),
+        unit="percentunit",
+    ),
+    Panel(
+        "Rejections by reason",
+        "Why requests are rejected.",
+        (Query('sum by (reason) (rate(wagate_decisions_total{route="rejected"}[5m]))', "{{reason}}"),),
+        unit="reqps",
+    ),
+    Panel(
+        "Template conversion rate",
+        "Share of requests converted to their fallback template.",
+        (
+            Query(
+                'sum(rate(wagate_decisions_total{route="template"}[5m]))'
+                " / sum(rate(wagate_decisions_total[5m]))",
+                "converted share",
+            ),
+        ),
+        unit="percentunit",
+    ),
+    Panel(
+        "Gate misses",
+        "131047-type failures after a window_open send: this should stay at zero.",
+        (Query("sum(increase(wagate_gate_misses_total[1h]))", "misses in the last hour"),),
+        kind="stat",
+    ),
+    Panel(
+        "Decision latency",
+        "Request created_at to decision, p50 and p99.",
+        (
+            Query(
+                "histogram_quantile(0.5, sum by (le) (rate(wagate_decision_latency_seconds_bucket[5m])))",
+                "p50",
+            ),
+            Query(
+                "histogram_quantile(0.99, sum by (le) (rate(wagate_decision_latency_seconds_bucket[5m])))",
+                "p99",
+            ),
+        ),
+        unit="s",
+    ),
+    Panel(
+        "Consumer lag",
+        "Records not yet committed per topic, all workers.",
+        (Query("sum by (topic) (wagate_consumer_lag)", "{{topic}}"),),
+    ),
+    Panel(
+        "Dead letters",
+        "Records the gate could not route, by source and cause (read them in wa.deadletter).",
+        (Query("sum by (source, cause) (increase(wagate_dead_letters_total[15m]))", "{{source}} {{cause}}"),),
+    ),
+    Panel(
+        "Inbound events",
+        "Window effects of inbound events.",
+        (Query("sum by (effect) (rate(wagate_inbound_events_total[5m]))", "{{effect}}"),),
+        unit="ops",
+    ),
+)
+
+
+def _panel(index: int, panel: Panel) -> dict[str, Any]:
+    width = 12
+    return {
+        "id": index + 1,
+        "type": panel.kind,
+        "title": panel.title,
+        "description": panel.description,
+        "datasource": DATASOURCE,
+        "gridPos": {"x": (index % 2) * width, "y": (index // 2) * 8, "w": width, "h": 8},
+        "fieldConfig": {"defaults": {"unit": panel.unit}, "overrides": []},
+        "options": {},
+        "targets": [
+            {"refId": chr(ord("A") + i), "datasource": DATASOURCE, "expr": q.expr, "legendFormat": q.legend}
+            for i, q in enumerate(panel.queries)
+        ],
+    }
+
+
+def dashboard() -> dict[str, Any]:
+    return {
+        "uid": "wagate",
+        "title": "wagate: WhatsApp service-window gate",
+        "tags": ["wagate", "whatsapp", "kafka"],
+        "timezone": "utc",
+        "schemaVersion": 39,
+        "refresh": "30s",
+        "time": {"from": "now-6h", "to": "now"},
+        "panels": [_panel(i, p) for i, p in enumerate(PANELS)],
+    }
+
+
+def render() -> str:
+    return json.dumps(dashboard(), indent=2) + "\n"
+
+
+def all_queries() -> list[tuple[str, str]]:
+    return [(panel.title, query.expr) for panel in PANELS for query in panel.queries]

@@ -1,0 +1,126 @@
+"""Monitoring files against the real tools: promtool on the alert rules, and a real Prometheus scraping a
+real worker driven through Kafka, with every dashboard query evaluated through its HTTP API."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streams.dashboard import all_queries
+
+from .conftest import inbound, text_request
+from .harness import ROOT, Gate, free_port
+
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} not found: install Debian's prometheus package (.ci/run does)"
+    return path
+
+
+def test_alert_rules_pass_promtool_check_and_their_unit_tests() -> None:
+    check = subprocess.run(
+        [tool("promtool"), "check", "rules", "alerts.yml"], cwd=PROMETHEUS_DIR, capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    tests = subprocess.run(
+        [tool("promtool"), "test", "rules", "alerts_test.yml"],
+        cwd=PROMETHEUS_DIR,
+        capture_output=True,
+        text=True,
+    )
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    config = subprocess.run(
+        [tool("promtool"), "check", "config", "prometheus.yml"],
+        cwd=PROMETHEUS_DIR,
+        capture_output=True,
+        text=True,
+    )
+    assert config.returncode == 0, config.stdout + config.stderr
+
+
+@pytest.fixture
+def prometheus(gate: Gate, workdir: Path) -> Iterator[int]:
+    port = free_port()
+    folder = workdir / f"prometheus-{port}"
+    folder.mkdir()
+    (folder / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        "  - job_name: wagate\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{gate.settings.web_port}']}}]\n"
+    )
+    log = (folder / "prometheus.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            tool("prometheus"),
+            f"--config.file={folder / 'prometheus.yml'}",
+            f"--storage.tsdb.path={folder / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                folder / "prometheus.log"
+            ).read_text()
+            time.sleep(0.3)
+        yield port
+    finally:
+        proc.terminate()  # by its own PID
+        proc.wait(20)
+
+
+def query(port: int, expr: str) -> list[dict[str, object]]:
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as response:
+        answer = json.loads(response.read())
+    assert answer["status"] == "success", answer
+    return list(answer["data"]["result"])
+
+
+def test_every_dashboard_query_returns_series_from_a_real_worker(
+    gate: Gate, pnid: str, prometheus: int
+) -> None:
+    now = time.time()
+    t = gate.topo
+    gate.produce(t.inbound.name, f"{pnid}:open", inbound(pnid, "open", now - 3600))
+    gate.wait_consumed(t.inbound.name)
+    fallback = {"name": "hello", "language": {"code": "en"}}
+    requests = [
+        (f"{pnid}:open", text_request(pnid, "open", f"{pnid}-send")),
+        (f"{pnid}:new", text_request(pnid, "new", f"{pnid}-template", fallback_template=fallback)),
+        (f"{pnid}:new", text_request(pnid, "new", f"{pnid}-rejected", origin="broadcast")),
+    ]
+    gate.produce_many((t.requests.name, key, value) for key, value in requests)
+    gate.produce(t.requests.name, f"{pnid}:new", b"not json and no request id")
+    gate.decisions([r["request_id"] for _, r in requests])
+    gate.wait_consumed(t.requests.name)
+
+    missing: list[str] = []
+    deadline = time.monotonic() + 60
+    while True:
+        missing = [f"{title}: {expr}" for title, expr in all_queries() if not query(prometheus, expr)]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert not missing, "dashboard queries with no series:\n" + "\n".join(missing)
