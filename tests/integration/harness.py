@@ -118,6 +118,18 @@ class Worker:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def wagate(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the `wagate` CLI as a person would, with extra environment variables."""
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        env=dict(os.environ, **env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 

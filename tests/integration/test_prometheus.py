@@ -29,24 +29,15 @@ def tool(name: str) -> str:
 
 
 def test_alert_rules_pass_promtool_check_and_their_unit_tests() -> None:
-    check = subprocess.run(
-        [tool("promtool"), "check", "rules", "alerts.yml"], cwd=PROMETHEUS_DIR, capture_output=True, text=True
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
-    tests = subprocess.run(
-        [tool("promtool"), "test", "rules", "alerts_test.yml"],
-        cwd=PROMETHEUS_DIR,
-        capture_output=True,
-        text=True,
-    )
-    assert tests.returncode == 0, tests.stdout + tests.stderr
-    config = subprocess.run(
-        [tool("promtool"), "check", "config", "prometheus.yml"],
-        cwd=PROMETHEUS_DIR,
-        capture_output=True,
-        text=True,
-    )
-    assert config.returncode == 0, config.stdout + config.stderr
+    for command in (
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts_test.yml"],
+        ["check", "config", "prometheus.yml"],
+    ):
+        result = subprocess.run(
+            [tool("promtool"), *command], cwd=PROMETHEUS_DIR, capture_output=True, text=True
+        )
+        assert result.returncode == 0, f"promtool {' '.join(command)}:\n{result.stdout}{result.stderr}"
 
 
 @pytest.fixture

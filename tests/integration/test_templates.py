@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +16,7 @@ import pytest
 
 from ..whatsapp_fixtures import fixture_bodies
 from .conftest import start_and_wait, text_request
-from .harness import ROOT, Gate
+from .harness import Gate, wagate
 
 HOUR = 3600.0
 
@@ -45,18 +42,14 @@ def meta_template(
 def load_templates(gate: Gate, workdir: Path, waba: str, document: dict[str, Any]) -> str:
     path = workdir / f"templates-{uuid.uuid4().hex[:6]}.json"
     path.write_text(json.dumps(document))
-    env = dict(
-        os.environ,
+    result = wagate(
+        "templates",
+        "load",
+        str(path),
+        "--waba-id",
+        waba,
         KAFKA_BOOTSTRAP_SERVERS=gate.settings.kafka_bootstrap_servers,
         WAGATE_TOPIC_PREFIX=gate.prefix,
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "templates", "load", str(path), "--waba-id", waba],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +16,7 @@ from streams.models import WindowReport
 from streams.policy.keys import partition_for
 
 from .conftest import inbound, start_and_wait, text_request
-from .harness import ROOT, Gate, Worker, free_port
+from .harness import Gate, Worker, free_port, wagate
 
 HOUR = 3600.0
 
@@ -84,15 +81,7 @@ def test_both_workers_answer_for_every_contact_and_the_cli_prints_it(
     assert abs(opened["expires_at"] - (now - HOUR + 86_400)) < 1.5 and opened["seconds_left"] > 0
     assert opened["marketing_opted_out"] is False and opened["free_entry_point_until"] is None
 
-    env = dict(os.environ, WAGATE_WEB_PORT=str(ports[1]))
-    cli = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "window", pnid, "never"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    cli = wagate("window", pnid, "never", WAGATE_WEB_PORT=str(ports[1]))
     assert cli.returncode == 0, cli.stderr
     assert "none" in cli.stdout and "only templates can start the conversation" in cli.stdout
 
