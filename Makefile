@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 KAFKA := deploy/kafka/kafka.sh
 export KAFKA_PORT ?= 9092
 
-.PHONY: help venv kafka-fetch kafka-start kafka-stop run webhook demo test unit lint schemas bench clean
+.PHONY: help venv kafka-fetch kafka-start kafka-stop prometheus-tools run webhook demo test unit lint schemas bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,9 +48,16 @@ schemas: venv  ## regenerate schemas/ from the models
 unit: venv  ## policy and model tests only (no broker)
 	$(BIN)/pytest tests/unit
 
-test: venv kafka-fetch  ## lint, schema drift check, unit + integration tests (starts and stops a broker)
+prometheus-tools:  ## Debian's prometheus package (promtool, prometheus) for the monitoring tests
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; \
+	  else echo "install Debian's prometheus package (sudo apt-get install prometheus): the monitoring tests run promtool and Prometheus" >&2; exit 1; fi; }
+
+test: venv kafka-fetch prometheus-tools  ## lint, schema drift check, unit + integration tests (starts and stops a broker)
 	$(MAKE) --no-print-directory lint
 	$(BIN)/wagate schemas --check
+	$(BIN)/wagate dashboard --check
 	$(BIN)/pytest tests
 
 bench: venv kafka-fetch  ## gate vs bare aiokafka reference, 200k requests over 50k contacts; prints JSON
