@@ -171,11 +171,17 @@ class _Ask:
         return None if blocked is None else self.reject(*blocked)
 
 
+_TEMPLATE_CATEGORIES: dict[str, Intent] = {
+    "marketing": "marketing",
+    "utility": "utility",
+    "authentication": "authentication",
+}
+
+
 def _category(default: Intent, lookup: TemplateLookup | None) -> Intent:
+    """The registry's category when it knows the template, else the request's own."""
     known = template_category(lookup) if lookup is not None else None
-    if known in ("marketing", "utility", "authentication"):
-        return known  # type: ignore[return-value]
-    return default
+    return _TEMPLATE_CATEGORIES.get(known or "", default)
 
 
 def _template_message(ask: _Ask) -> Decision:
