@@ -89,7 +89,7 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
     metrics = GateMetrics()
     cast(LeanMonitor, app.monitor).export_to(metrics.registry)
     registry = Registry(configured_numbers=settings.configured_numbers)
-    follower = RegistryFollower(settings, topo, registry)
+    follower = RegistryFollower(settings, topo, registry, metrics)
     if settings.clock_offset_seconds:
         base_clock, offset = clock, settings.clock_offset_seconds
 

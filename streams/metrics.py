@@ -48,6 +48,12 @@ class GateMetrics:
             ["item"],
             registry=self.registry,
         )
+        self.registry_skipped = Counter(
+            "wagate_registry_skipped_records",
+            "Unreadable records on wa.templates / wa.numbers that the registry skipped",
+            ["topic"],
+            registry=self.registry,
+        )
         self.gate_misses = Counter(
             "wagate_gate_misses",
             "131047-type failures for a contact the gate had sent free-form to on window_open (keep at 0)",

@@ -33,7 +33,7 @@ from streams.policy.decide import decide, decide_invalid
 from streams.policy.keys import contact_key, partition_for, request_contact_key
 from streams.policy.parse import InvalidPayload, parse_inbound_event, parse_send_request
 from streams.policy.rules import WindowRules
-from streams.policy.templates import Registry
+from streams.policy.templates import Registry, template_key
 from streams.policy.webhook import InvalidWebhook, normalize_webhook
 from streams.policy.window import ContactState, apply_inbound, is_gate_miss, window_report
 from streams.topology import Topology
@@ -142,7 +142,7 @@ class Gate:
         await self._produce(self.topo.numbers.name, phone_number_id.encode(), value)
 
     async def _produce_template(self, template: TemplateRecord) -> None:
-        key = f"{template.waba_id}:{template.name}:{template.language}".encode()
+        key = template_key(template.waba_id, template.name, template.language).encode()
         value = template.__pydantic_serializer__.to_json(template, exclude_none=True)
         await self._produce(self.topo.templates.name, key, value)
 

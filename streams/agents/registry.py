@@ -15,6 +15,7 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
+from streams.metrics import GateMetrics
 from streams.models import NumberRecord, TemplateRecord
 from streams.policy.templates import Registry
 from streams.settings import Settings
@@ -24,12 +25,12 @@ log = logging.getLogger(__name__)
 
 
 class RegistryFollower:
-    def __init__(self, settings: Settings, topo: Topology, registry: Registry) -> None:
+    def __init__(self, settings: Settings, topo: Topology, registry: Registry, metrics: GateMetrics) -> None:
         self.settings = settings
         self.topo = topo
         self.registry = registry
+        self.metrics = metrics
         self.loaded = asyncio.Event()
-        self.skipped = 0
 
     def _apply(self, topic: str, value: bytes | None) -> None:
         if value is None:
@@ -42,7 +43,7 @@ class RegistryFollower:
                 self.registry.learn_number(number.phone_number_id, number.waba_id)
         except ValidationError:
             # Someone else's bad record on a shared topic must not stop the gate; it is skipped, counted.
-            self.skipped += 1
+            self.metrics.registry_skipped.labels(topic.removeprefix(self.topo.prefix)).inc()
             log.warning("skipped an unreadable record on %s", topic)
 
     async def run(self) -> None:

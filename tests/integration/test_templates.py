@@ -309,3 +309,18 @@ def test_settings_numbers_origins_pricing_dates_and_a_restart(
     configured_gate.worker = configured_gate.new_worker()
     start_and_wait(configured_gate)
     assert ask(message=template_message("notice"))["reason"] == "template"
+
+
+def test_an_unreadable_registry_record_is_skipped_and_counted(gate: Gate, pnid: str) -> None:
+    metric = "wagate_registry_skipped_records_total"
+    before = gate.worker.metric_sum(metric)
+    # No updated_at and no source: not a TemplateRecord (other tests read this topic's keys too).
+    unreadable = {"waba_id": f"waba-{pnid}", "name": "x", "language": "en"}
+    gate.produce(gate.topo.templates.name, f"waba-{pnid}:x:en", unreadable)
+    deadline = time.monotonic() + 30
+    while gate.worker.metric_sum(metric) < before + 1:
+        assert time.monotonic() < deadline, "the skipped record was not counted"
+        time.sleep(0.5)
+    assert f'{metric}{{topic="wa.templates"}}' in gate.worker.metrics_text()
+    # the follower goes on: requests are still decided
+    assert Asker(gate, pnid)()["reason"] == "no_window"
