@@ -7,18 +7,32 @@ buffer. The profile in the README puts that at the top of Faust's per-record cos
 
 `BatchDrainConsumer` keeps the same guarantee for a whole fetched batch at once: the fetch runs as in
 Faust, then one `wait_first` runs the delivery of every record of the batch, so `suspend_flow` still
-interrupts it at any record. What is not delivered is not marked read, and the seek to the committed
-offsets after the rebalance fetches it again. (The fetch must stay outside the cancellable part: an
-abandoned fetch still completes on the consumer thread, possibly after a recovery's seek, and its
-records would be lost. `test_second_worker_joins_mid_stream_then_leaves` caught exactly that.)
-Commits that Faust's `broker_commit_every` asks for also run outside the cancellable part, as in
-Faust's own loop.
+interrupts it at any record. What is not delivered is not marked read. (The fetch must stay outside
+the cancellable part: an abandoned fetch still completes on the consumer thread and its records would
+be lost.)
+
+A materialized batch can go stale, and delivering a stale record loses records: the read offsets move
+past records the new positions will fetch again (they are then dropped as already read), or Faust's
+streams skip it as belonging to an old generation while its offset counts as read. So:
+
+- fetches and seeks never overlap (one lock): a seek waits for the fetch in flight, a fetch for the
+  seek. A batch fetched before a seek therefore holds records from the old positions, and the seek has
+  already put the positions back at or before them;
+- a batch is delivered only while the consumer generation and the seek count read (under the lock)
+  before its fetch still hold and the flow is active; the rest of a stale batch is dropped unread, and
+  the seek (a rebalance always ends with one) fetches it again.
+
+`test_second_worker_joins_mid_stream_then_leaves` (a worker joins and leaves under load) caught both
+ways of losing records: as decisions that never came, and as a recovery that never finished.
+Commits that Faust's `broker_commit_every` asks for run outside the cancellable part, as in Faust.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar, cast
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -27,27 +41,92 @@ from mode import Service, ServiceT
 
 # Give the event loop a turn every this many records, as Faust's own loop does.
 _YIELD_EVERY = 100
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    """What a batch's delivery depends on, read before its fetch: a change in either makes it stale."""
+
+    generation: int
+    seeks: int
 
 
 class BatchDrainConsumer(faust_aiokafka.Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fetch_lock = asyncio.Lock()  # held for a fetch and for a seek: they never overlap
+        self._fetching: asyncio.Task[Any] | None = None  # the drain loop, while it fetches
+        self._seeks = 0  # seeks started
+
+    async def _seeking(self, seek: Awaitable[_T]) -> _T:
+        if self._fetching is not None and self._fetching is asyncio.current_task():
+            # Faust's getmany seeks back itself when the flow stopped during its fetch.
+            self._seeks += 1
+            return await seek
+        async with self._fetch_lock:
+            self._seeks += 1
+            return await seek
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        return await self._seeking(super().seek_to_committed())
+
+    async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
+        await self._seeking(super().seek_wait(partitions))
+
+    async def _seek(self, partition: TP, offset: int) -> None:
+        await self._seeking(super()._seek(partition, offset))
+
+    async def _wait_next_records(self, timeout: float) -> tuple[Any, Any]:
+        if not self.flow_active:
+            # Faust would wait here for the flow to resume, holding the fetch lock that recovery's
+            # seeks need: the drain loop waits outside the lock instead.
+            return None, None
+        return await super()._wait_next_records(timeout)
+
+    def _current(self, fetched: _Fetched) -> bool:
+        """No rebalance and no seek since the batch was fetched, and records may flow."""
+        return (
+            self.flow_active
+            and self._seeks == fetched.seeks
+            and self.app.consumer_generation_id == fetched.generation
+        )
+
+    async def _fetch(self) -> tuple[_Fetched, list[tuple[TP, Message]]]:
+        async with self._fetch_lock:
+            self._fetching = asyncio.current_task()
+            try:
+                fetched = _Fetched(self.app.consumer_generation_id, self._seeks)
+                return fetched, [item async for item in self.getmany(timeout=1.0)]
+            finally:
+                self._fetching = None
+
     async def _drain_messages(self, fetcher: ServiceT) -> None:
         consumer_should_stop = cast(Service, self)._stopped.is_set
         fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
+                if not self.flow_active:
+                    await self.wait(self.can_resume_flow)  # type: ignore[arg-type]  # as Faust does
+                    continue
                 self.diag.set_flag(CONSUMER_FETCHING)
-                # The fetch itself stays outside the cancellable delivery, as in Faust's loop: a fetch
-                # abandoned half-way (it runs on the consumer thread) would lose the records it returns.
-                batch = [item async for item in self.getmany(timeout=1.0)]
+                fetched, batch = await self._fetch()
                 # getmany may return at once for a while; let the loop breathe between fetches.
                 await self.sleep(0)
                 delivered = 0
                 while delivered < len(batch) and not self.should_stop:
-                    outcome = await self.wait_first(self._deliver(batch, delivered), self.suspend_flow.wait())
-                    if outcome.stopped or self.suspend_flow.is_set():
-                        break  # a rebalance: the seek to committed offsets fetches the rest again
-                    delivered = int(outcome.results[0])
-                    if delivered < len(batch):
+                    if not self._current(fetched):
+                        self._drop_stale(len(batch) - delivered)
+                        break
+                    deliver = self._deliver(batch, delivered, fetched)
+                    outcome = await self.wait_first(deliver, self.suspend_flow.wait())
+                    if outcome.stopped:
+                        break
+                    if deliver not in outcome.done:
+                        self._drop_stale(len(batch) - delivered)  # a rebalance began mid-delivery
+                        break
+                    delivered = int(outcome.results[outcome.done.index(deliver)])
+                    if delivered < len(batch) and self._current(fetched):
                         self._n_acked = 0
                         await self.commit()
                 self.diag.unset_flag(CONSUMER_FETCHING)
@@ -67,15 +146,26 @@ class BatchDrainConsumer(faust_aiokafka.Consumer):
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
 
-    async def _deliver(self, batch: list[tuple[TP, Message]], start: int) -> int:
-        """Deliver from `start` on; return where it stopped: the end, or earlier when a commit is due."""
+    def _drop_stale(self, undelivered: int) -> None:
+        # Not marked read: the seek that made the batch stale (done, or due with the rebalance)
+        # positions the consumer at or before these records.
+        self.log.info(
+            "Rebalance or seek: %d fetched records dropped unread, to be fetched again", undelivered
+        )
+
+    async def _deliver(self, batch: list[tuple[TP, Message]], start: int, fetched: _Fetched) -> int:
+        """Deliver from `start` on; return where it stopped: the end, earlier when a commit is due or
+        when the batch went stale."""
         callback = self.callback
         read_offset = self._read_offset
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
+        current = self._current
         for index in range(start, len(batch)):
             if (index - start) % _YIELD_EVERY == _YIELD_EVERY - 1:
                 await asyncio.sleep(0)
+            if not current(fetched):
+                return index
             tp, message = batch[index]
             offset = message.offset
             last_read = read_offset.get(tp)

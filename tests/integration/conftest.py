@@ -56,6 +56,7 @@ def start_and_wait(gate: Gate, timeout: float = 90.0) -> None:
             return
         except TimeoutError:
             if not gate.worker.alive() or time.monotonic() > deadline:
+                gate.worker.dump_stacks()
                 gate.worker.stop()
                 pytest.fail(f"the worker did not become ready:\n{gate.worker.log_tail()}")
 

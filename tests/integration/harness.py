@@ -114,6 +114,13 @@ class Worker:
             if line.startswith(name + "{") or line.startswith(name + " ")
         )
 
+    def dump_stacks(self) -> None:
+        """Ask the worker to log every thread's and asyncio task's stack (mode's SIGUSR1 handler)."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
@@ -209,5 +216,11 @@ class Gate(Topics):
         self.wait_consumed(self.topo.webhooks.name)
         self.wait_consumed(self.topo.inbound.name)
 
+    def read_until(
+        self, topic: str, until: Callable[[list[Record]], bool], timeout: float = 60.0
+    ) -> list[Record]:
+        """``topic`` from its start until ``until(records)`` holds; TimeoutError otherwise."""
+        return self._with_client(lambda client: client.read([topic], until, timeout))
+
     def dead_letters(self, until: Any, timeout: float = 60.0) -> list[Record]:
-        return self._with_client(lambda client: client.read([self.topo.deadletter.name], until, timeout))
+        return self.read_until(self.topo.deadletter.name, until, timeout)

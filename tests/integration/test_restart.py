@@ -61,7 +61,11 @@ def _wait_for_some(gate: Gate, ids: list[str], count: int) -> None:
 
 
 def _check(gate: Gate, pnid: str, ids: list[str]) -> Counter[str]:
-    gate.decisions(ids, timeout=180)
+    try:
+        gate.decisions(ids, timeout=180)
+    except TimeoutError:
+        gate.worker.dump_stacks()  # a stuck worker leaves its task stacks in its log
+        raise
     gate.wait_consumed(gate.topo.requests.name, timeout=120)  # every replay has been decided too
     decided: dict[str, list] = {rid: [] for rid in ids}  # type: ignore[type-arg]
     for record in gate.all_decisions():
