@@ -96,12 +96,19 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
         def clock() -> float:
             return base_clock() + offset
 
-    gate = Gate(app, topo, table, settings.rules, metrics, clock, registry)
+    gate = Gate(app, topo, table, settings.rules, metrics, clock, registry, settings.window_events_enabled)
 
     async def follow_registry() -> None:
         await follower.run()
 
     app.task(follow_registry)  # on every worker, for as long as it runs
+
+    async def window_events() -> None:
+        # Every worker serves its own partitions' timetable (what Faust's app.timer does, typed).
+        async for _ in app.itertimer(settings.window_event_tick_seconds, name="window_events"):
+            await gate.windows.tick()
+
+    app.task(window_events)
 
     def batches(stream: StreamT[bytes]) -> AsyncIterator[Sequence[EventT[bytes]]]:
         # The StreamT protocol lacks take_events; an agent is always given a concrete Stream.

@@ -35,7 +35,11 @@ def _settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         lines = [
-            f"  WAGATE_{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+            # A rule across several settings has no single field: its message names the variables.
+            f"  WAGATE_{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            if err["loc"]
+            else f"  {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
         ]
         sys.exit("wagate: invalid configuration:\n" + "\n".join(lines))
 

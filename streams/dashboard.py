@@ -102,6 +102,17 @@ PANELS: tuple[Panel, ...] = (
         (Query("sum by (source, cause) (increase(wagate_dead_letters_total[15m]))", "{{source}} {{cause}}"),),
     ),
     Panel(
+        "Open windows",
+        "Contacts whose customer service window is open now, all workers.",
+        (Query("sum(wagate_open_windows)", "open windows"),),
+    ),
+    Panel(
+        "Window events",
+        "opened / expiring / closed events published to wa.windows (expiring: the follow-up point).",
+        (Query("sum by (event) (rate(wagate_window_events_total[5m]))", "{{event}}"),),
+        unit="ops",
+    ),
+    Panel(
         "Inbound events",
         "Window effects of inbound events.",
         (Query("sum by (effect) (rate(wagate_inbound_events_total[5m]))", "{{effect}}"),),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from streams.policy.rules import ORIGINS
 
@@ -57,6 +57,17 @@ class GateMetrics:
         self.gate_misses = Counter(
             "wagate_gate_misses",
             "131047-type failures for a contact the gate had sent free-form to on window_open (keep at 0)",
+            registry=self.registry,
+        )
+        self.window_events = Counter(
+            "wagate_window_events",
+            "Events published to wa.windows, by event (opened, expiring, closed)",
+            ["event"],
+            registry=self.registry,
+        )
+        self.open_windows = Gauge(
+            "wagate_open_windows",
+            "Contacts whose customer service window is open, on this worker's partitions",
             registry=self.registry,
         )
         self.decision_processing = Histogram(

@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.policy.rules import DEFAULT_OPENER_TYPES, ORIGINS, OriginPolicy, WindowRules
@@ -60,6 +60,22 @@ class Settings(BaseSettings):
     opener_message_types: str = Field(
         default=",".join(sorted(DEFAULT_OPENER_TYPES)),
         description="comma-separated inbound message types that open/refresh the window",
+    )
+    window_events_enabled: bool = Field(
+        default=True, description="publish opened/expiring/closed events to wa.windows"
+    )
+    window_event_lead_seconds: float = Field(
+        default=3_600.0,
+        gt=0,
+        description="`expiring` goes out this long before the window closes (the follow-up point)",
+    )
+    window_event_max_delay_seconds: float = Field(
+        default=86_400.0,
+        ge=0,
+        description="events overdue by more than this (worker down, old backlog) are not published",
+    )
+    window_event_tick_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="how often due window events are looked for"
     )
     group_unsupported_types: str = Field(
         default="interactive", description="message types that cannot be sent to a group"
@@ -132,6 +148,17 @@ class Settings(BaseSettings):
         parse_phone_number_wabas(value)
         return value
 
+    @model_validator(mode="after")
+    def _lead_inside_window(self) -> Settings:
+        if not self.safety_margin_seconds < self.window_event_lead_seconds < self.window_seconds:
+            raise ValueError(
+                f"WAGATE_WINDOW_EVENT_LEAD_SECONDS ({self.window_event_lead_seconds:g}) must be longer than "
+                f"WAGATE_SAFETY_MARGIN_SECONDS ({self.safety_margin_seconds:g}), or `expiring` comes when "
+                f"free-form is refused already, and shorter than WAGATE_WINDOW_SECONDS "
+                f"({self.window_seconds:g})"
+            )
+        return self
+
     @cached_property
     def configured_numbers(self) -> dict[str, str]:
         return parse_phone_number_wabas(self.phone_number_wabas)
@@ -152,6 +179,8 @@ class Settings(BaseSettings):
             dedupe_horizon_seconds=self.dedupe_horizon_seconds,
             dedupe_max_per_contact=self.dedupe_max_per_contact,
             origins=parse_origin_policy(self.origin_policy),
+            event_lead_seconds=self.window_event_lead_seconds,
+            event_max_delay_seconds=self.window_event_max_delay_seconds,
         )
 
 

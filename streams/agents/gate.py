@@ -13,12 +13,13 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 from faust.types import AppT, EventT, TableT
 
 from streams.agents.state import PartitionedState
+from streams.agents.windows import Ownership, WindowScheduler
 from streams.metrics import GateMetrics
 from streams.models import (
     DeadLetter,
@@ -26,6 +27,7 @@ from streams.models import (
     InboundEvent,
     NumberRecord,
     TemplateRecord,
+    WindowEvent,
     WindowReport,
     trusted,
 )
@@ -35,7 +37,14 @@ from streams.policy.parse import InvalidPayload, parse_inbound_event, parse_send
 from streams.policy.rules import WindowRules
 from streams.policy.templates import Registry, template_key
 from streams.policy.webhook import InvalidWebhook, normalize_webhook
-from streams.policy.window import ContactState, apply_inbound, is_gate_miss, window_report
+from streams.policy.window import (
+    ContactState,
+    InboundEffect,
+    apply_inbound,
+    is_gate_miss,
+    window_report,
+)
+from streams.policy.window_events import opened_event
 from streams.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -62,15 +71,27 @@ class Gate:
         metrics: GateMetrics,
         clock: Clock = time.time,
         registry: Registry | None = None,
+        window_events: bool = True,
     ) -> None:
         self.app = app
         self.topo = topo
-        self.state = PartitionedState(table)
+        self.partitions = topo.requests.partitions
+        self.state = PartitionedState(table, lambda key: partition_for(key.decode(), self.partitions))
         self.rules = rules
         self.metrics = metrics
         self.clock = clock
         self.registry = registry or Registry()
-        self.partitions = topo.requests.partitions
+        self.window_events = window_events
+        self.windows = WindowScheduler(
+            rules=rules,
+            clock=clock,
+            ownership=self._ownership,
+            load=lambda partition, key: self._load(key, partition),
+            scan=self._scan,
+            publish=self._publish_window_events,
+            enabled=window_events,
+        )
+        metrics.open_windows.set_function(lambda: self.windows.open_windows)
         # Newest changelog send per partition in the current batch: its offset is persisted once.
         self._last_changelog: dict[int, Any] = {}
 
@@ -96,6 +117,9 @@ class Gate:
             new_state, effect = apply_inbound(state, parsed, now, self.rules)
             if new_state is not state:
                 await self._store(key, new_state, message.partition)
+                self.windows.watch(message.partition, key, new_state)
+            if effect is InboundEffect.OPENED and self.window_events:
+                await self._produce_window_event(opened_event(key, new_state, self.rules), message.partition)
             self.metrics.count_inbound(parsed.kind, effect.value)
         except Exception as exc:  # bad input must never stop the worker: dead-letter it instead
             await self._internal_error(event, exc)
@@ -223,6 +247,43 @@ class Gate:
         await self._produce(message.topic, key.encode(), message.value, partition=expected)
         self.metrics.repartitioned.labels(source).inc()
         return True
+
+    async def _produce_window_event(self, event: WindowEvent, partition: int) -> None:
+        value = event.__pydantic_serializer__.to_json(event)
+        await self._produce(self.topo.windows.name, event.contact.encode(), value, partition)
+        self.metrics.window_events.labels(event.event).inc()
+
+    async def _publish_window_events(
+        self, partition: int, key: str, events: list[WindowEvent], marked: ContactState
+    ) -> None:
+        """The scheduler's events, and the state that marks them sent (the marks are written first,
+        before anything is awaited: the state was read in this same step, so no agent write is lost)."""
+        raw_key, value = key.encode(), marked.to_bytes()
+        self.state.put(partition, raw_key, value)
+        for event in events:
+            await self._produce_window_event(event, partition)
+        changelog = await self._produce(self.topo.contact_state_changelog.name, raw_key, value, partition)
+        changelog.add_done_callback(self._on_changelog_delivered)  # type: ignore[attr-defined]
+
+    def _ownership(self) -> Ownership | None:
+        """The state partitions this worker holds, or None while a rebalance or recovery runs (Faust
+        resumes the flow while it still reads the changelog: only `rebalancing` covers recovery)."""
+        if self.app.rebalancing or not self.app.flow_control.is_active():
+            return None
+        requests = self.topo.requests.name
+        return Ownership(
+            self.app.consumer_generation_id,
+            frozenset(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == requests),
+        )
+
+    def _scan(self, partition: int) -> Iterator[tuple[str, ContactState]]:
+        for key, value in self.state.scan(partition):
+            try:
+                yield key.decode(), ContactState.from_bytes(value)
+            except ValueError as exc:  # the gate wrote it, so a bug; never the contact in the log (PII)
+                log.error(
+                    "unreadable contact state on partition %d skipped: %s", partition, type(exc).__name__
+                )
 
     # -- state ----------------------------------------------------------------------------------
 

@@ -8,12 +8,17 @@ partition is always the record's own, passed in explicitly.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
+
+# Faust keeps its own bookkeeping (the changelog offset) in each partition database under this prefix.
+_FAUST_KEY_PREFIX = b"__faust"
 
 
 class PartitionedState:
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, partition_of: Any) -> None:
         self.table = table
+        self.partition_of = partition_of  # key bytes -> partition, for the memory store's scan
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         store = self.table.data
@@ -29,6 +34,18 @@ class PartitionedState:
             store._key_index[key] = partition  # what Store._set records, for reads outside a stream
         else:
             store[key] = value
+
+    def scan(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) of one partition, as of when the scan starts (a RocksDB iterator)."""
+        store = self.table.data
+        if hasattr(store, "_db_for_partition"):
+            for key, value in store._db_for_partition(partition).items():
+                if not key.startswith(_FAUST_KEY_PREFIX):
+                    yield key, value
+        else:
+            for key, value in list(store.items()):
+                if self.partition_of(key) == partition:
+                    yield key, value
 
     def persisted(self, topic_partition: Any, offset: int) -> None:
         # Recovery resumes reading the changelog after this offset (what Faust does for its own writes).

@@ -64,6 +64,11 @@ class WindowRules:
     dedupe_horizon_seconds: float = 7 * 86_400.0
     dedupe_max_per_contact: int = 1_000
     origins: Mapping[str, OriginPolicy] = field(default_factory=dict)
+    # wa.windows: `expiring` goes out this long before the window closes (the "rescue" point) ...
+    event_lead_seconds: float = 3_600.0
+    # ... and an event overdue by more than this (a worker down that long, a replayed backlog of old
+    # messages) is not published: nobody can act on it any more, and a restart must not flood.
+    event_max_delay_seconds: float = 86_400.0
 
     def origin(self, name: str) -> OriginPolicy:
         return self.origins.get(name, ALLOW_ALL)

@@ -58,6 +58,9 @@ class ContactState:
     free_entry_reported_until: float | None = None
     # When the gate last let a free-form message out on window_open: a 131047 after it is a gate miss.
     free_form_sent_at: float | None = None
+    # The expires_at of the window whose `expiring` / `closed` event went out (wa.windows): each once.
+    expiring_sent_for: float | None = None
+    closed_sent_for: float | None = None
 
     def to_bytes(self) -> bytes:
         data: dict[str, Any] = {"o": self.last_opener_at, "c": self.closed_at, "d": self.decided}
@@ -71,6 +74,8 @@ class ContactState:
             ("fra", self.free_entry_reported_at),
             ("fru", self.free_entry_reported_until),
             ("ff", self.free_form_sent_at),
+            ("xe", self.expiring_sent_for),
+            ("xc", self.closed_sent_for),
         ):
             if value is not None:
                 data[key] = value
@@ -96,6 +101,8 @@ class ContactState:
             free_entry_reported_at=data.get("fra"),
             free_entry_reported_until=data.get("fru"),
             free_form_sent_at=data.get("ff"),
+            expiring_sent_for=data.get("xe"),
+            closed_sent_for=data.get("xc"),
         )
 
 
@@ -284,16 +291,25 @@ def marketing_block(state: ContactState, now: float) -> tuple[Reason, str] | Non
     return None
 
 
+def window_expiry(state: ContactState, rules: WindowRules) -> float | None:
+    """When the newest window ends: 24 h after its last opener, or earlier when Meta said it closed."""
+    opener = state.last_opener_at
+    if opener is None:
+        return None
+    expires = opener + rules.window_seconds
+    closed = state.closed_at
+    if closed is not None and closed >= opener:
+        expires = min(expires, closed)
+    return expires
+
+
 def view(state: ContactState, now: float, rules: WindowRules) -> WindowSnapshot:
     """The window as a decision at ``now`` sees it."""
     opener = state.last_opener_at
-    closed = state.closed_at
-    if opener is None:
+    expires = window_expiry(state, rules)
+    if opener is None or expires is None:
         # Closed by Meta's word (131047, number change) before we saw any opener: no expiry to report.
-        return WindowSnapshot("none" if closed is None else "closed", None, None, 0.0)
-    expires = opener + rules.window_seconds
-    if closed is not None and closed >= opener:
-        expires = min(expires, closed)
+        return WindowSnapshot("none" if state.closed_at is None else "closed", None, None, 0.0)
     left = expires - now
     if left <= 0:
         return WindowSnapshot("closed", opener, expires, 0.0)

@@ -54,3 +54,12 @@ def test_webhook_help_names_its_settings() -> None:
     assert result.returncode == 0
     for variable in ("WAGATE_WEBHOOK_APP_SECRET", "WAGATE_WEBHOOK_VERIFY_TOKEN", "WAGATE_WEBHOOK_PORT"):
         assert variable in result.stdout
+
+
+def test_a_window_event_lead_outside_the_window_says_which_variables_and_why() -> None:
+    result = wagate("topics", WAGATE_WINDOW_EVENT_LEAD_SECONDS="60")  # under the 120 s safety margin
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "WAGATE_WINDOW_EVENT_LEAD_SECONDS (60) must be longer than WAGATE_SAFETY_MARGIN_SECONDS" in (
+        result.stderr
+    )
+    assert "WAGATE_:" not in result.stderr
