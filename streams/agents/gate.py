@@ -279,11 +279,14 @@ class Gate:
     def _scan(self, partition: int) -> Iterator[tuple[str, ContactState]]:
         for key, value in self.state.scan(partition):
             try:
-                yield key.decode(), ContactState.from_bytes(value)
-            except ValueError as exc:  # the gate wrote it, so a bug; never the contact in the log (PII)
+                state = ContactState.from_bytes(value)
+            except (ValueError, TypeError, AttributeError) as exc:
+                # The gate wrote it, so a bug: logged without the contact (PII), the rebuild goes on.
                 log.error(
                     "unreadable contact state on partition %d skipped: %s", partition, type(exc).__name__
                 )
+                continue
+            yield key.decode(), state
 
     # -- state ----------------------------------------------------------------------------------
 

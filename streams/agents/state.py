@@ -8,7 +8,7 @@ partition is always the record's own, passed in explicitly.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 # Faust keeps its own bookkeeping (the changelog offset) in each partition database under this prefix.
@@ -16,7 +16,7 @@ _FAUST_KEY_PREFIX = b"__faust"
 
 
 class PartitionedState:
-    def __init__(self, table: Any, partition_of: Any) -> None:
+    def __init__(self, table: Any, partition_of: Callable[[bytes], int]) -> None:
         self.table = table
         self.partition_of = partition_of  # key bytes -> partition, for the memory store's scan
 
