@@ -69,16 +69,10 @@ def due_events(
     contact: str, state: ContactState, now: float, rules: WindowRules
 ) -> tuple[list[WindowEvent], ContactState]:
     """The events due at ``now`` and the state that records them as published."""
+    due = next_event_at(state, now, rules)
     expires = window_expiry(state, rules)
-    if expires is None or _announced(state.closed_sent_for, expires):
+    if due is None or due > now or expires is None:
         return [], state
     if now >= expires:
-        if now - expires > rules.event_max_delay_seconds:
-            return [], state
         return [_event(contact, "closed", state, expires, expires)], replace(state, closed_sent_for=expires)
-    rescue_at = expires - rules.event_lead_seconds
-    if now >= rescue_at and not _announced(state.expiring_sent_for, expires):
-        return [_event(contact, "expiring", state, expires, rescue_at)], replace(
-            state, expiring_sent_for=expires
-        )
-    return [], state
+    return [_event(contact, "expiring", state, expires, due)], replace(state, expiring_sent_for=expires)
