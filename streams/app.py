@@ -1,4 +1,4 @@
-"""Composition root: settings -> Faust app, topics, the contact-state table, agents, web views.
+"""Composition root: settings -> Faust app, topics, the contact-state table, the pipeline, web views.
 
 This is the only module that knows how the parts are wired together.
 """
@@ -6,32 +6,30 @@ This is the only module that knows how the parts are wired together.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
 from faust.exceptions import SameNode
-from faust.streams import Stream
-from faust.types import EventT, StreamT
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streams.agents.gate import Clock, Gate
 from streams.agents.registry import RegistryFollower
+from streams.agents.runner import PipelineRunner
+from streams.core.processor import Clock
+from streams.faust_private import install as install_pipeline
 from streams.metrics import GateMetrics
 from streams.policy.keys import contact_key
 from streams.policy.templates import Registry
 from streams.sensors import LeanMonitor
 from streams.settings import Settings
 from streams.topology import CONTACT_STATE_TABLE, Topology, topology
-from streams.transport import install as install_batch_drain
 
 
 @dataclass
 class GateApp:
     app: faust.App
     topo: Topology
-    gate: Gate
+    runner: PipelineRunner
     metrics: GateMetrics
 
 
@@ -67,17 +65,6 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
         web_in_thread=False,
         monitor=LeanMonitor(),
     )
-    install_batch_drain(app)
-
-    def raw_topic(name: str) -> Any:
-        return app.topic(
-            name,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=settings.partitions,
-        )
 
     table = app.Table(
         CONTACT_STATE_TABLE,
@@ -96,41 +83,44 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
         def clock() -> float:
             return base_clock() + offset
 
-    gate = Gate(app, topo, table, settings.rules, metrics, clock, registry, settings.window_events_enabled)
+    runner = PipelineRunner(app, settings, topo, table, settings.rules, metrics, registry, clock)
+    # The pipeline's inputs go straight from the fetch to the runner (no agents, no streams); the
+    # topics are subscribed here, co-partitioned with the table by Faust's assignor.
+    install_pipeline(app, runner)
+    for spec in (topo.inbound, topo.requests, topo.webhooks):
+        app.topics.add(
+            app.topic(
+                spec.name,
+                key_type=bytes,
+                value_type=bytes,
+                key_serializer="raw",
+                value_serializer="raw",
+                partitions=spec.partitions,
+                acks=False,  # the runner's processed offsets are what is committed, not Faust's acks
+            )
+        )
 
     async def follow_registry() -> None:
         await follower.run()
 
-    app.task(follow_registry)  # on every worker, for as long as it runs
+    async def open_pipeline() -> None:
+        # Nothing is decided or normalized on a half-loaded registry (a known template would be unknown).
+        await follower.loaded.wait()
+        runner.registry_loaded()
+
+    async def ordering_rounds() -> None:
+        try:
+            await runner.run_rounds()
+        finally:
+            await runner.stop()
 
     async def window_events() -> None:
         # Every worker serves its own partitions' timetable (what Faust's app.timer does, typed).
         async for _ in app.itertimer(settings.window_event_tick_seconds, name="window_events"):
-            await gate.windows.tick()
+            await runner.windows.tick()
 
-    app.task(window_events)
-
-    def batches(stream: StreamT[bytes]) -> AsyncIterator[Sequence[EventT[bytes]]]:
-        # The StreamT protocol lacks take_events; an agent is always given a concrete Stream.
-        concrete = cast(Stream[bytes], stream)
-        return concrete.take_events(settings.batch_size, within=settings.batch_wait_seconds)
-
-    @app.agent(raw_topic(topo.inbound.name), name="inbound")
-    async def inbound_agent(stream: StreamT[bytes]) -> None:
-        async for batch in batches(stream):
-            await gate.on_batch(batch, gate.on_inbound)
-
-    @app.agent(raw_topic(topo.webhooks.name), name="webhooks")
-    async def webhooks_agent(stream: StreamT[bytes]) -> None:
-        await follower.loaded.wait()  # template updates merge with what the registry already holds
-        async for batch in batches(stream):
-            await gate.on_batch(batch, gate.on_webhook)
-
-    @app.agent(raw_topic(topo.requests.name), name="requests")
-    async def requests_agent(stream: StreamT[bytes]) -> None:
-        await follower.loaded.wait()  # a half-loaded registry would call known templates unknown
-        async for batch in batches(stream):
-            await gate.on_batch(batch, gate.on_request)
+    for task in (follow_registry, open_pipeline, ordering_rounds, window_events):
+        app.task(task)  # on every worker, for as long as it runs
 
     @app.page("/windows/{phone_number_id}/{user}")
     async def window_page(view: Any, request: Any, **_: Any) -> Any:
@@ -140,7 +130,7 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
             # The worker holding the contact's partition answers; Faust forwards the request there.
             return await app.router.route_req(table.name, key.encode(), view.web, request)
         except SameNode:
-            report = gate.window(key)
+            report = runner.window(key)
             return view.bytes(report.__pydantic_serializer__.to_json(report), content_type="application/json")
 
     @app.page("/health")
@@ -152,4 +142,4 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
         # aiohttp refuses a charset inside content_type, so the full Prometheus type goes in as a header.
         return web.bytes(generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    return GateApp(app=app, topo=topo, gate=gate, metrics=metrics)
+    return GateApp(app=app, topo=topo, runner=runner, metrics=metrics)

@@ -1,9 +1,14 @@
 """``wagate bench``: the gate against a bare aiokafka loop, same data, same broker, one run.
 
 Phase A (throughput): a backlog of inbound events and requests is produced first, then the system
-under test starts and drains it; decisions/s = decisions / (last arrival - first arrival).
+under test starts and drains it; decisions/s = decisions / (last arrival - first arrival), and the
+process's CPU seconds from its first to its last decision, per 100,000 decisions.
 Phase B (latency): with the system running, requests are produced at a fixed pace and each one's
 produce time -> decision arrival is measured (p50/p99).
+Phase C (ordering under an inbound backlog): 40,000 status events are queued on wa.inbound, then 100
+contacts each write (acknowledged) and get a free-form request at once: how many come out
+``window_open`` (right) and how long they took. The reference has no ordering: it shows the cost of
+being wrong; the gate with ``WAGATE_MAX_HOLD_SECONDS=0`` shows what holding costs when nothing lags.
 
 The reference is ``python -m streams.bench reference``: consume -> orjson -> the same policy
 functions -> produce, with a plain dict for state. It bounds what Python and Kafka do here.
@@ -169,15 +174,22 @@ def _child_env(settings: Settings, prefix: str, data_dir: str) -> dict[str, str]
     return env
 
 
+# The systems measured: how each starts, and extra settings.
+SYSTEMS: dict[str, tuple[list[str], dict[str, str]]] = {
+    "reference": (["-m", "streams.bench", "reference"], {}),
+    "gate": (["-m", "streams.cli", "worker"], {}),
+    "gate_unordered": (["-m", "streams.cli", "worker"], {"WAGATE_MAX_HOLD_SECONDS": "0"}),
+}
+
+
 def _start(
     system: str, settings: Settings, prefix: str, data_dir: str, log_path: Path
 ) -> subprocess.Popen[bytes]:
-    args = ["worker"] if system == "gate" else ["reference"]
-    module = "streams.cli" if system == "gate" else "streams.bench"
+    args, extra = SYSTEMS[system]
     log = log_path.open("wb")
     return subprocess.Popen(
-        [sys.executable, "-m", module, *args],
-        env=_child_env(settings, prefix, data_dir),
+        [sys.executable, *args],
+        env={**_child_env(settings, prefix, data_dir), **extra},
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -193,12 +205,20 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def _collect(
     consumer: AIOKafkaConsumer,
     wanted: set[str],
     arrivals: dict[str, float],
     timeout: float,
     proc: subprocess.Popen[bytes],
+    on_first: Any = None,
+    values: dict[str, bytes] | None = None,
 ) -> None:
     deadline = time.monotonic() + timeout
     while wanted - arrivals.keys() and time.monotonic() < deadline:
@@ -210,7 +230,11 @@ async def _collect(
             for record in records:
                 rid = _request_id(record.value)
                 if rid in wanted and rid not in arrivals:
+                    if not arrivals and on_first is not None:
+                        on_first()
                     arrivals[rid] = now
+                    if values is not None:
+                        values[rid] = record.value
 
 
 _RID_PREFIX = b'{"request_id":"'
@@ -273,9 +297,16 @@ async def measure(
         arrivals: dict[str, float] = {}
         started = time.time()
         proc = _start(system, run_settings, prefix, str(workdir / prefix), workdir / f"{prefix}log")
-        await _collect(consumer, wanted, arrivals, timeout=900, proc=proc)
+        cpu_at_first: list[float] = []
+        running = proc
+
+        def first_decision() -> None:
+            cpu_at_first.append(cpu_seconds(running.pid))
+
+        await _collect(consumer, wanted, arrivals, timeout=900, proc=proc, on_first=first_decision)
         if len(arrivals) < len(wanted):
             raise RuntimeError(f"{system}: only {len(arrivals)}/{len(wanted)} decisions arrived")
+        drain_cpu = cpu_seconds(proc.pid) - cpu_at_first[0]
         first, last = min(arrivals.values()), max(arrivals.values())
         throughput = len(arrivals) / (last - first)
 
@@ -308,21 +339,66 @@ async def measure(
             await asyncio.sleep(max(0.0, target - time.time()))
         await collector
         latencies = [paced_arrivals[rid] - produced[rid] for rid in paced_arrivals]
+        backlog = await _backlog_phase(producer, consumer, topo, proc)
         return {
             "decisions": len(arrivals),
             "decisions_per_s": round(throughput, 1),
             "drain_seconds": round(last - first, 2),
+            "drain_cpu_seconds": round(drain_cpu, 2),
+            "cpu_seconds_per_100k_decisions": round(drain_cpu / len(arrivals) * 100_000, 2),
             "startup_seconds": round(first - started, 2),
             "paced_rate_per_s": rate,
             "latency_p50_ms": round(statistics.median(latencies) * 1000, 2),
             "latency_p99_ms": round(_pct(latencies, 0.99) * 1000, 2),
             "paced_decided": len(paced_arrivals),
+            **backlog,
         }
     finally:
         if proc is not None:
             _stop(proc)
         await consumer.stop()
         await producer.stop()
+
+
+async def _backlog_phase(
+    producer: AIOKafkaProducer,
+    consumer: AIOKafkaConsumer,
+    topo: Topology,
+    proc: subprocess.Popen[bytes],
+    statuses: int = 40_000,
+    replies: int = 100,
+) -> dict[str, Any]:
+    now = time.time()
+    for i in range(statuses):
+        user = f"u{i % 50_000}"
+        event = {"event_id": f"st.{i}", "phone_number_id": PNID, "user": user, "timestamp": now - 60}
+        value = orjson.dumps({**event, "kind": "status", "type": "delivered"})
+        await producer.send(topo.inbound.name, value, key=f"{PNID}:{user}".encode())
+    await producer.flush()
+    produced: dict[str, float] = {}
+    for i in range(replies):
+        user = f"bk{i}"
+        key = f"{PNID}:{user}".encode()
+        opener = {"event_id": f"bk.{i}", "phone_number_id": PNID, "user": user, "timestamp": time.time()}
+        await producer.send_and_wait(
+            topo.inbound.name, orjson.dumps({**opener, "kind": "message", "type": "text"}), key=key
+        )
+        rid = f"bk{i}"
+        req = {"request_id": rid, "phone_number_id": PNID, "to": user, "origin": "agent", "message": TEXT}
+        produced[rid] = time.time()
+        await producer.send_and_wait(topo.requests.name, orjson.dumps(req), key=key)
+    arrivals: dict[str, float] = {}
+    values: dict[str, bytes] = {}
+    await _collect(consumer, set(produced), arrivals, timeout=300, proc=proc, values=values)
+    latencies = [arrivals[rid] - produced[rid] for rid in arrivals]
+    right = sum(1 for value in values.values() if orjson.loads(value)["reason"] == "window_open")
+    return {
+        "backlog_statuses": statuses,
+        "backlog_replies_right": right,
+        "backlog_replies": replies,
+        "backlog_latency_p50_ms": round(statistics.median(latencies) * 1000, 1),
+        "backlog_latency_max_ms": round(max(latencies) * 1000, 1),
+    }
 
 
 async def run_bench(
@@ -333,6 +409,7 @@ async def run_bench(
         workdir = Path(tmp)
         reference = await measure("reference", settings, workload, paced, rate, workdir)
         gate = await measure("gate", settings, workload, paced, rate, workdir)
+        unordered = await measure("gate_unordered", settings, workload, paced, rate, workdir)
     result = {
         "requests": requests,
         "contacts": contacts,
@@ -340,8 +417,12 @@ async def run_bench(
         + sum(1 for kind, _, _ in workload.mixed if kind == "inbound"),
         "partitions": settings.partitions,
         "gate": gate,
+        "gate_unordered": unordered,
         "reference": reference,
         "ratio_gate_over_reference": round(gate["decisions_per_s"] / reference["decisions_per_s"], 3),
+        "cpu_ratio_gate_over_reference": round(
+            gate["cpu_seconds_per_100k_decisions"] / reference["cpu_seconds_per_100k_decisions"], 3
+        ),
     }
     text = orjson.dumps(result, option=orjson.OPT_INDENT_2).decode()
     print(text)

@@ -66,6 +66,14 @@ class GateClient:
         meta = await self.producer.send_and_wait(topic, raw_value, key=raw_key, partition=partition)
         return int(meta.offset)
 
+    async def produce_bulk(self, records: Iterable[tuple[str, str | bytes | None, Any]]) -> None:
+        """Produce many records as fast as the producer batches them; returns when all are acknowledged."""
+        for topic, key, value in records:
+            raw_key = key.encode() if isinstance(key, str) else key
+            raw_value = value if isinstance(value, bytes) or value is None else orjson.dumps(value)
+            await self.producer.send(topic, raw_value, key=raw_key)
+        await self.producer.flush()
+
     async def wait_consumed(self, topic: str, timeout: float = 60.0) -> None:
         """Wait until the gate's consumer group has committed everything now in ``topic``."""
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers)

@@ -82,6 +82,22 @@ class GateMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=self.registry,
         )
+        self.requests_held = Gauge(
+            "wagate_requests_held",
+            "Requests read and waiting for the inbound events written before them (ordering contract)",
+            registry=self.registry,
+        )
+        self.hold_seconds = Histogram(
+            "wagate_request_hold_seconds",
+            "How long a request waited for the inbound events written before it",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.held_past_limit = Counter(
+            "wagate_decisions_past_hold_limit",
+            "Requests decided at WAGATE_MAX_HOLD_SECONDS before the inbound events before them were applied",
+            registry=self.registry,
+        )
 
         # labels() costs a lock and a lookup per call; the hot counters' children are few and fixed.
         self._children: dict[tuple[Counter, tuple[str, ...]], Any] = {}

@@ -167,6 +167,11 @@ class Decision(BaseModel):
     request: dict[str, Any] | str | None = Field(
         default=None, description="rejected only: the request as received (text when not valid JSON)"
     )
+    held_past_limit: bool = Field(
+        default=False,
+        description="true when the request was decided at the hold limit (WAGATE_MAX_HOLD_SECONDS) before "
+        "every inbound event written to Kafka before it was applied: the window may be stale",
+    )
 
 
 class NumberRecord(BaseModel):

@@ -87,9 +87,16 @@ class Settings(BaseSettings):
     )
     max_poll_records: int = Field(default=2_000, ge=1, description="records fetched per poll")
 
-    batch_size: int = Field(default=500, ge=1, description="records an agent takes per batch")
-    batch_wait_seconds: float = Field(
-        default=0.005, gt=0, description="how long an agent waits to fill a batch (bounds added latency)"
+    max_hold_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="longest a request waits for the inbound events written before it (then it is decided "
+        "anyway, marked held_past_limit and counted); 0 turns the ordering contract off",
+    )
+    max_held_requests: int = Field(
+        default=5_000,
+        ge=1,
+        description="requests held per partition before the gate stops fetching that request partition",
     )
 
     commit_interval_seconds: float = Field(

@@ -100,6 +100,7 @@ def _decision(
         message=message,
         pricing=pricing,
         request=received if route == "rejected" else None,
+        held_past_limit=False,
     )
 
 
@@ -351,4 +352,5 @@ def decide_invalid(invalid: InvalidPayload, record_key: str | None, now: float) 
         message=None,
         pricing=None,
         request=invalid.received,
+        held_past_limit=False,
     )

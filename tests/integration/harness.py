@@ -169,6 +169,9 @@ class Topics:
 
         self._with_client(produce_all)
 
+    def produce_bulk(self, records: Iterable[tuple[str, str | bytes | None, Any]]) -> None:
+        self._with_client(lambda client: client.produce_bulk(records))
+
     def wait_consumed(self, topic: str, timeout: float = 60.0) -> None:
         self._with_client(lambda client: client.wait_consumed(topic, timeout))
 

@@ -25,6 +25,7 @@ DECISION: dict[str, Any] = {
     "message": {"type": "text", "text": {"body": "x"}},
     "pricing": None,
     "request": None,
+    "held_past_limit": False,
 }
 LETTER = {"topic": "t", "partition": 0, "offset": 7, "key": "k", "value_b64": "eA==", "error": "e", "at": 1.0}
 

@@ -1,0 +1,306 @@
+"""The adapter around the pipeline core: fetched records in, produced records and processed offsets out.
+
+``PipelineRunner`` is the consumer's ``FetchSink`` (``streams.faust_private``): the consumer's drain
+loop hands it every fetch of the gate's input topics, and it
+
+- runs the synchronous core on the whole fetch (``Pipeline.feed``), then produces the step's outputs
+  straight into Faust's aiokafka producer and marks the step's input offsets processed, steps in the
+  order they were made (one lock), so a commit never passes an output that was not handed over;
+- runs the ordering rounds (``Aligner``): reads end offsets (and, for wa.webhooks partitions other
+  workers own, the group's committed offsets) when held requests need them, and decides what they
+  release; releases requests at the hold limit;
+- tells the consumer which partitions to hold back (request partitions with a full hold queue; all
+  of them until the template registry is loaded);
+- serves the window timetable's state (``WindowScheduler``) and the window API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import faust
+from aiokafka.admin import AIOKafkaAdminClient
+from faust.types import TP
+
+from streams.agents.windows import Ownership, WindowScheduler
+from streams.core.aligner import Aligner, RoundPlan
+from streams.core.pipeline import Pipeline
+from streams.core.processor import Clock, Processor
+from streams.core.records import Output, Source, Step
+from streams.faust_private import PartitionedState, kafka_producer
+from streams.metrics import GateMetrics
+from streams.models import WindowEvent, WindowReport
+from streams.policy.keys import partition_for
+from streams.policy.rules import WindowRules
+from streams.policy.templates import Registry
+from streams.policy.window import ContactState, window_report
+from streams.settings import Settings
+from streams.topology import Topology
+
+log = logging.getLogger(__name__)
+
+# While a cohort waits for other workers' webhook progress, ask again this often.
+_ROUND_RETRY_SECONDS = 0.05
+_IDLE_SECONDS = 0.5
+
+
+class PipelineRunner:
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        topo: Topology,
+        table: Any,
+        rules: WindowRules,
+        metrics: GateMetrics,
+        registry: Registry,
+        clock: Clock = time.time,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.topo = topo
+        self.metrics = metrics
+        self.clock = clock
+        self.partitions = topo.requests.partitions
+        self.state = PartitionedState(table, lambda key: partition_for(key, self.partitions))
+        self.rules = rules
+        self.window_events = settings.window_events_enabled
+        self.windows = WindowScheduler(
+            rules=rules,
+            clock=clock,
+            ownership=self._ownership,
+            load=lambda partition, key: self.processor.load(key, partition),
+            scan=self._scan,
+            publish=self._publish_window_events,
+            enabled=self.window_events,
+        )
+        self.processor = Processor(
+            topo, self.state, rules, metrics, registry, clock, self.window_events, self.windows.watch
+        )
+        self.aligner = Aligner(self.partitions, settings.max_hold_seconds, settings.max_held_requests)
+        self.pipeline = Pipeline(self.processor, self.aligner, metrics, ready=False)
+        self.topics = frozenset(self.pipeline.sources)
+        self._all_ours = {(topic, p) for topic in self.topics for p in range(self.partitions)}
+        self._processed: dict[TP, int] = {}
+        self._send_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        # Per own wa.webhooks partition: (next offset, its outputs not yet acknowledged), in order.
+        self._webhook_acks: dict[int, deque[tuple[int, list[int]]]] = {}
+        self._admin: AIOKafkaAdminClient | None = None
+        metrics.open_windows.set_function(lambda: self.windows.open_windows)
+        metrics.requests_held.set_function(lambda: self.aligner.held)
+
+    # -- FetchSink --------------------------------------------------------------------------------
+
+    def held_back(self) -> set[tuple[str, int]]:
+        if not self.pipeline.ready:
+            return self._all_ours
+        paused = self.aligner.paused()
+        if not paused:
+            return set()
+        requests = self.topo.requests.name
+        return {(requests, p) for p in paused}
+
+    async def on_fetched(self, batches: dict[TP, list[Any]], current: Callable[[], bool]) -> None:
+        if not current():
+            return
+        step = self.pipeline.feed(batches, time.monotonic())  # type: ignore[arg-type]  # TP is a tuple
+        if self.aligner.enabled and any(tp.topic == self.topo.requests.name for tp in batches):
+            self._wake.set()
+        await self._emit(step)
+
+    def processed(self, tp: TP) -> int | None:
+        return self._processed.get(tp)
+
+    def processed_tps(self) -> Iterable[TP]:
+        return list(self._processed)
+
+    def on_positions(self, positions: Mapping[TP, int | None]) -> None:
+        for tp, position in positions.items():
+            self.pipeline.reset(tp.topic, tp.partition, position)
+            self._processed.pop(tp, None)
+            if tp.topic == self.topo.webhooks.name:
+                self._webhook_acks.pop(tp.partition, None)
+
+    def registry_loaded(self) -> None:
+        self.pipeline.ready = True
+        self._wake.set()
+
+    # -- producing a step ---------------------------------------------------------------------------
+
+    async def _emit(self, step: Step) -> None:
+        if not step:
+            return
+        epoch = self.aligner.epoch
+        async with self._send_lock:  # steps leave in the order they were made
+            futures = [await self._send(output) for output in step.outputs]
+            if self.aligner.epoch != epoch:
+                return  # a seek or revocation came in between: these offsets will be read again
+            topics = {Source.INBOUND: self.topo.inbound.name, Source.REQUESTS: self.topo.requests.name}
+            topics[Source.WEBHOOKS] = self.topo.webhooks.name
+            for (source, partition), next_offset in step.done.items():
+                tp = TP(topics[source], partition)
+                if next_offset > self._processed.get(tp, -1):
+                    self._processed[tp] = next_offset
+            for partition, next_offset in step.webhooks_done.items():
+                self._track_webhook_acks(partition, next_offset, futures)
+
+    async def _send(self, output: Output) -> Any:
+        # Straight into the aiokafka producer Faust owns (and flushes before every commit).
+        fut = await kafka_producer(self.app).send(
+            output.topic,
+            output.value,
+            key=output.key,
+            partition=output.partition,
+            timestamp_ms=output.timestamp_ms,
+        )
+        fut.add_done_callback(self._on_delivered)
+        if output.topic == self.topo.contact_state_changelog.name:
+            fut.add_done_callback(self._on_changelog_delivered)
+        return fut
+
+    def _track_webhook_acks(self, partition: int, next_offset: int, futures: list[Any]) -> None:
+        """wa.webhooks progress counts once every output of the step is acknowledged, in order."""
+        pending = [sum(1 for fut in futures if not fut.done())]
+        queue = self._webhook_acks.setdefault(partition, deque())
+        queue.append((next_offset, pending))
+
+        def acked(_: Any) -> None:
+            pending[0] -= 1
+            self._advance_webhooks(partition)
+
+        for fut in futures:
+            if not fut.done():
+                fut.add_done_callback(acked)
+        self._advance_webhooks(partition)
+
+    def _advance_webhooks(self, partition: int) -> None:
+        queue = self._webhook_acks.get(partition)
+        advanced = False
+        while queue and queue[0][1][0] <= 0:
+            self.aligner.webhooks_on_broker(partition, queue.popleft()[0])
+            advanced = True
+        if advanced:
+            self._wake.set()
+
+    def _on_delivered(self, fut: Any) -> None:
+        if fut.cancelled() or fut.exception() is None:
+            return
+        exc = fut.exception()
+        log.critical("delivery failed after retries (%s); crashing so the offset is not committed", exc)
+        self.app.loop.create_task(self.app.crash(exc))
+
+    def _on_changelog_delivered(self, fut: Any) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            # Recovery resumes reading the changelog after this offset.
+            self.state.persisted(fut.result().topic_partition, fut.result().offset)
+
+    # -- ordering rounds --------------------------------------------------------------------------
+
+    async def run_rounds(self) -> None:
+        """Held requests: ask Kafka what they wait for, release them when it is applied or at the limit."""
+        while True:
+            timeout = _IDLE_SECONDS
+            expiry = self.aligner.next_expiry()
+            if expiry is not None:
+                timeout = max(0.0, min(timeout, expiry - time.monotonic()))
+            if self.aligner.has_waiting:
+                timeout = min(timeout, _ROUND_RETRY_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            if not self.pipeline.ready or self.app.rebalancing:
+                continue
+            await self._emit(self.pipeline.release(time.monotonic()))  # the hold limit
+            plan = self.pipeline.plan_round()
+            if plan is None:
+                continue
+            try:
+                remote, webhook_ends, inbound_ends = await self._read_round(plan)
+            except Exception as exc:  # the broker may be away for a while: held requests wait, bounded
+                log.warning("ordering round failed (%s); held requests wait and retry", type(exc).__name__)
+                self.aligner.abandon_round(plan)
+                await asyncio.sleep(_ROUND_RETRY_SECONDS)
+                continue
+            await self._emit(
+                self.pipeline.complete_round(plan, remote, webhook_ends, inbound_ends, time.monotonic())
+            )
+
+    async def _read_round(self, plan: RoundPlan) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+        remote: dict[int, int] = {}
+        if plan.remote_webhooks:  # read before the end offsets: what it shows is on the broker by then
+            remote = await self._committed(self.topo.webhooks.name, plan.remote_webhooks)
+        webhooks, inbound = self.topo.webhooks.name, self.topo.inbound.name
+        tps = [TP(webhooks, w) for w in plan.webhooks] + [TP(inbound, p) for p in plan.inbound]
+        ends = await self.app.consumer.highwaters(*tps)
+        webhook_ends = {tp.partition: offset for tp, offset in ends.items() if tp.topic == webhooks}
+        inbound_ends = {tp.partition: offset for tp, offset in ends.items() if tp.topic == inbound}
+        return remote, webhook_ends, inbound_ends
+
+    async def _committed(self, topic: str, partitions: list[int]) -> dict[int, int]:
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers)
+            await admin.start()
+            self._admin = admin
+        from aiokafka import TopicPartition
+
+        offsets = await self._admin.list_consumer_group_offsets(
+            self.settings.faust_app_id, partitions=[TopicPartition(topic, p) for p in partitions]
+        )
+        return {tp.partition: max(0, meta.offset) for tp, meta in offsets.items()}
+
+    async def stop(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
+
+    # -- window timetable and API ------------------------------------------------------------------
+
+    async def _publish_window_events(
+        self, partition: int, key: str, events: list[WindowEvent], marked: ContactState
+    ) -> None:
+        """The scheduler's events, and the state that marks them sent (the mark is written first,
+        before anything is awaited: the state was read in this same step, so no write is lost)."""
+        outputs: list[Output] = []
+        self.processor.store(key, marked, partition, outputs)
+        for event in events:
+            value = event.__pydantic_serializer__.to_json(event)
+            outputs.append(Output(self.topo.windows.name, key.encode(), value, partition))
+            self.metrics.window_events.labels(event.event).inc()
+        async with self._send_lock:
+            for output in outputs:
+                await self._send(output)
+
+    def _ownership(self) -> Ownership | None:
+        """The state partitions this worker holds, or None while a rebalance or recovery runs (Faust
+        resumes the flow while it still reads the changelog: only `rebalancing` covers recovery)."""
+        if self.app.rebalancing or not self.app.flow_control.is_active():
+            return None
+        requests = self.topo.requests.name
+        return Ownership(
+            self.app.consumer_generation_id,
+            frozenset(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == requests),
+        )
+
+    def _scan(self, partition: int) -> Iterator[tuple[str, ContactState]]:
+        for key, value in self.state.scan(partition):
+            try:
+                state = ContactState.from_bytes(value)
+            except (ValueError, TypeError, AttributeError) as exc:
+                # The gate wrote it, so a bug: logged without the contact (PII), the rebuild goes on.
+                log.error(
+                    "unreadable contact state on partition %d skipped: %s", partition, type(exc).__name__
+                )
+                continue
+            yield key.decode(), state
+
+    def window(self, key: str) -> WindowReport:
+        """The contact's window now; call it on the worker that holds the contact's partition."""
+        state = self.processor.load(key, partition_for(key, self.partitions))
+        return window_report(key, state, self.clock(), self.rules)

@@ -1,0 +1,117 @@
+"""The per-partition pipeline: fetched records of the gate's inputs -> outputs, state, processed offsets.
+
+One object for all the partitions a worker owns; every call is synchronous and does no I/O, so a
+call's state changes are atomic with respect to the event loop. The adapter (``streams.agents.runner``)
+produces a step's outputs, then marks its ``done`` offsets processed, in the order the steps were made.
+
+Order inside one step: every inbound event read is applied first (inbound is never held), then
+webhook bodies are normalized, then requests join the aligner's queues, and whatever the aligner
+lets go is decided.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from streams.core.aligner import Aligner, RoundPlan
+from streams.core.processor import Processor
+from streams.core.records import InputRecord, Source, Step
+from streams.metrics import GateMetrics
+
+
+class Pipeline:
+    def __init__(
+        self, processor: Processor, aligner: Aligner, metrics: GateMetrics, ready: bool = True
+    ) -> None:
+        topo = processor.topo
+        self.processor = processor
+        self.aligner = aligner
+        self.metrics = metrics
+        self.sources = {
+            topo.inbound.name: Source.INBOUND,
+            topo.requests.name: Source.REQUESTS,
+            topo.webhooks.name: Source.WEBHOOKS,
+        }
+        self.ready = ready  # False until the template registry's first read is done: nothing is decided
+
+    def source(self, topic: str) -> Source | None:
+        return self.sources.get(topic)
+
+    def feed(self, batches: Mapping[tuple[str, int], Sequence[InputRecord]], now: float) -> Step:
+        """Records as fetched, per (topic, partition), in offset order; ``now`` is monotonic seconds."""
+        step = Step()
+        out = step.outputs
+        processor = self.processor
+        requests = []
+        webhooks = []
+        for (topic, partition), records in batches.items():
+            if not records:
+                continue
+            source = self.sources[topic]
+            if source is Source.INBOUND:
+                for record in records:
+                    processor.inbound(record, out)
+                next_offset = records[-1].offset + 1
+                self.aligner.applied(partition, next_offset)
+                step.done[(Source.INBOUND, partition)] = next_offset
+            elif source is Source.WEBHOOKS:
+                webhooks.append((partition, records))
+            else:
+                requests.append((partition, records))
+        for partition, records in webhooks:
+            for record in records:
+                processor.webhook(record, out)
+            next_offset = records[-1].offset + 1
+            step.done[(Source.WEBHOOKS, partition)] = next_offset
+            step.webhooks_done[partition] = next_offset
+        for partition, records in requests:
+            self.aligner.hold(partition, records, now)
+        self._release(now, step)
+        return step
+
+    def release(self, now: float) -> Step:
+        """Decide what the aligner lets go now (after a round, or at the hold limit)."""
+        step = Step()
+        self._release(now, step)
+        return step
+
+    def _release(self, now: float, step: Step) -> None:
+        if not self.ready:
+            return
+        out = step.outputs
+        decide = self.processor.request
+        for partition, released in self.aligner.release(now):
+            decide(released.record, out, released.past_limit)
+            step.done[(Source.REQUESTS, partition)] = released.record.offset + 1
+            if self.aligner.enabled:
+                self.metrics.hold_seconds.observe(released.held_seconds)
+                if released.past_limit:
+                    self.metrics.held_past_limit.inc()
+
+    # -- rounds (the adapter does the reading in between) ------------------------------------------
+
+    def plan_round(self) -> RoundPlan | None:
+        return self.aligner.plan_round()
+
+    def complete_round(
+        self,
+        plan: RoundPlan,
+        remote_progress: Mapping[int, int],
+        webhook_ends: Mapping[int, int],
+        inbound_ends: Mapping[int, int],
+        now: float,
+    ) -> Step:
+        self.aligner.complete_round(plan, remote_progress, webhook_ends, inbound_ends)
+        return self.release(now)
+
+    # -- positions ----------------------------------------------------------------------------------
+
+    def reset(self, topic: str, partition: int, position: int | None) -> None:
+        """The consumer sought ``(topic, partition)`` to ``position`` (None: the partition was revoked)."""
+        source = self.sources.get(topic)
+        if source is Source.INBOUND:
+            self.aligner.reset_inbound(partition, position)
+        elif source is Source.WEBHOOKS:
+            self.aligner.reset_webhooks(partition, position)
+        elif source is Source.REQUESTS:
+            self.aligner.reset_requests(partition)

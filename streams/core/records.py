@@ -1,0 +1,76 @@
+"""What the pipeline core takes and gives: records, outputs, state access, the work of one step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+
+class Source(Enum):
+    """The input topics the pipeline owns (co-partitioned, assigned together by the consumer group)."""
+
+    INBOUND = "inbound"
+    REQUESTS = "requests"
+    WEBHOOKS = "webhooks"
+
+
+class InputRecord(Protocol):
+    """What the core reads of a Kafka record: aiokafka's ConsumerRecord has these attributes."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...  # milliseconds
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A plain InputRecord, for tests and for records the core builds itself."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+
+
+class StateStore(Protocol):
+    """Contact state by explicit partition (RocksDB in a worker, a dict in unit tests)."""
+
+    def get(self, partition: int, key: bytes) -> bytes | None: ...
+    def put(self, partition: int, key: bytes, value: bytes) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One record to produce. ``partition`` None lets the producer's partitioner choose."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    partition: int | None = None
+    timestamp_ms: int | None = None
+
+
+@dataclass(slots=True)
+class Step:
+    """The work of one call into the pipeline: produce ``outputs``, then the input offsets in ``done``
+    are processed (committable). ``webhooks_done`` names the wa.webhooks partitions whose bodies up to
+    the offset are normalized: once these outputs are on the broker, requests may count on them."""
+
+    outputs: list[Output] = field(default_factory=list)
+    done: dict[tuple[Source, int], int] = field(default_factory=dict)  # (source, partition) -> next offset
+    webhooks_done: dict[int, int] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.outputs or self.done or self.webhooks_done)

@@ -1,0 +1,386 @@
+"""Every use of faust-streaming's and mode's private members, in one guarded module.
+
+The gate keeps Faust for what it does well: the app's lifecycle, the consumer group and its
+co-partitioned assignment, the table's changelog and recovery, the web server. It owns the hot path:
+the fetched records of its three input topics go straight from the fetch to the pipeline
+(``streams.core``) instead of through Faust's streams, events and acks, one record at a time. That
+needs Faust's internals, and they move between releases, so:
+
+- nothing outside this module touches a private member of Faust or mode;
+- ``check_faust()`` runs at start-up and fails with the installed faust-streaming version and the
+  tested one when a member this module needs is missing;
+- pyproject.toml pins faust-streaming to the minor version tested (``TESTED_FAUST``).
+
+What ``PipelineConsumer`` changes in Faust's consumer:
+
+- the drain loop (``_drain_messages``): fetch, then hand the records of the pipeline's topics to the
+  sink in one call per fetch; any other topic (the table changelog during recovery) is delivered
+  through Faust's own callback as before, one ``wait_first`` per batch so a rebalance can cut in;
+- what is fetched: Faust's active partitions minus what the sink holds back (request partitions
+  with a full hold queue, everything until the template registry is loaded);
+- commits: the pipeline's processed offsets are committable as they stand (a partition is
+  processed in offset order), next to Faust's acked offsets for the other topics. Faust's commit
+  flushes the producer before it commits, so no offset is committed past unsent outputs;
+- seeks: fetches and seeks take one lock, so they never overlap, and every seek or revocation is
+  reported to the sink, which drops what it held of those partitions (they are read again).
+
+A batch fetched before a seek or a rebalance is stale: it is delivered only while the consumer
+generation and the seek count read (under the lock) before its fetch still hold. Delivering a stale
+batch lost records in the past (see the README's Performance section).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from importlib.metadata import version
+from typing import Any, ClassVar, Protocol, cast
+
+import faust
+from faust.stores import rocksdb as faust_rocksdb
+from faust.transport import consumer as faust_consumer
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, ConsumerT, Message
+from mode import Service, ServiceT
+
+TESTED_FAUST = "0.15"  # the minor version pinned in pyproject.toml
+
+# (owner, member) pairs this module relies on.
+_REQUIRED: tuple[tuple[Any, str], ...] = (
+    (faust_consumer.Consumer, "_drain_messages"),
+    (faust_consumer.Consumer, "_wait_next_records"),
+    (faust_consumer.Consumer, "_getmany"),
+    (faust_consumer.Consumer, "_read_offset"),
+    (faust_consumer.Consumer, "_add_gap"),
+    (faust_consumer.Consumer, "_new_offset"),
+    (faust_consumer.Consumer, "_filter_tps_with_pending_acks"),
+    (faust_consumer.Consumer, "_get_active_partitions"),
+    (faust_consumer.Consumer, "_to_message"),
+    (faust_consumer.Consumer, "_seek"),
+    (faust_consumer.Consumer, "_commit_every"),
+    (faust_aiokafka.Consumer, "seek_to_committed"),
+    (faust_aiokafka.Consumer, "seek_wait"),
+    (faust_aiokafka.Producer, "_ensure_producer"),
+    (faust_rocksdb.Store, "_db_for_partition"),
+    (faust_rocksdb.Store, "_key_index"),
+    (Service, "_stopped"),
+)
+
+
+class FaustIncompatible(RuntimeError):
+    pass
+
+
+def check_faust() -> None:
+    """Fail at start-up, naming the versions, if a private member this module uses is gone."""
+    installed = version("faust-streaming")
+    missing = [
+        f"{getattr(owner, '__qualname__', owner)}.{member}"
+        for owner, member in _REQUIRED
+        if not _has_member(owner, member)
+    ]
+    if missing:
+        raise FaustIncompatible(
+            f"faust-streaming {installed} lacks what wagate relies on ({', '.join(missing)}); "
+            f"wagate is tested with faust-streaming {TESTED_FAUST}.x: "
+            f"pip install 'faust-streaming~={TESTED_FAUST}.0'"
+        )
+
+
+def _has_member(owner: Any, member: str) -> bool:
+    # Instance attributes are set in __init__ and appear only in annotations or __slots__.
+    if hasattr(owner, member):
+        return True
+    for klass in getattr(owner, "__mro__", ()):
+        if member in getattr(klass, "__annotations__", {}) or member in getattr(klass, "__slots__", ()):
+            return True
+    return False
+
+
+# -- table state by explicit partition ------------------------------------------------------------
+
+# Faust keeps its own bookkeeping (the changelog offset) in each partition database under this prefix.
+_FAUST_KEY_PREFIX = b"__faust"
+
+
+class PartitionedState:
+    """Contact state by explicit partition.
+
+    Faust's RocksDB store picks the partition database from the ambient ``current_event()``; the
+    pipeline has no current event (it works on batches), so the partition is always passed in.
+    The memory store (unit tests only) has one dict for every partition.
+    """
+
+    def __init__(self, table: Any, partition_of: Callable[[bytes], int]) -> None:
+        self.table = table
+        self.partition_of = partition_of  # key bytes -> partition, for the memory store's scan
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        store = self.table.data
+        if isinstance(store, faust_rocksdb.Store):
+            value: bytes | None = store._db_for_partition(partition).get(key)
+            return value
+        return store.get(key)  # type: ignore[no-any-return]
+
+    def put(self, partition: int, key: bytes, value: bytes) -> None:
+        store = self.table.data
+        if isinstance(store, faust_rocksdb.Store):
+            store._db_for_partition(partition).put(key, value)
+            store._key_index[key] = partition  # what Store._set records, for reads outside a stream
+        else:
+            store[key] = value
+
+    def scan(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) of one partition, as of when the scan starts (a RocksDB iterator)."""
+        store = self.table.data
+        if isinstance(store, faust_rocksdb.Store):
+            for key, value in store._db_for_partition(partition).items():
+                if not key.startswith(_FAUST_KEY_PREFIX):
+                    yield key, value
+        else:
+            for key, value in list(store.items()):
+                if self.partition_of(key) == partition:
+                    yield key, value
+
+    def persisted(self, topic_partition: Any, offset: int) -> None:
+        # Recovery resumes reading the changelog after this offset (what Faust does for its own writes).
+        self.table.data.set_persisted_offset(topic_partition, offset)
+
+
+def kafka_producer(app: faust.App) -> Any:
+    """The aiokafka producer Faust owns (and flushes before every commit)."""
+    return app.producer._ensure_producer()  # type: ignore[attr-defined]
+
+
+# -- the consumer ------------------------------------------------------------------------------------
+
+
+class FetchSink(Protocol):
+    """Where the consumer hands the pipeline's records (implemented by ``streams.agents.runner``)."""
+
+    topics: frozenset[str]
+
+    def held_back(self) -> set[tuple[str, int]]: ...
+
+    async def on_fetched(self, batches: dict[TP, list[Any]], current: Callable[[], bool]) -> None: ...
+
+    def processed(self, tp: TP) -> int | None: ...
+
+    def processed_tps(self) -> Iterable[TP]: ...
+
+    def on_positions(self, positions: Mapping[TP, int | None]) -> None: ...
+
+
+_YIELD_EVERY = 100  # give the event loop a turn every this many records, as Faust's own loop does
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    """What a batch's delivery depends on, read before its fetch: a change in either makes it stale."""
+
+    generation: int
+    seeks: int
+
+
+class PipelineConsumer(faust_aiokafka.Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sink: FetchSink | None = getattr(self.transport, "sink", None)
+        self._fetch_lock = asyncio.Lock()  # held for a fetch and for a seek: they never overlap
+        self._seeks = 0  # seeks started
+
+    # -- seeks: under the fetch lock, reported to the sink --------------------------------------------
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        async with self._fetch_lock:
+            self._seeks += 1
+            committed = await super().seek_to_committed()
+            await self._report_positions(dict(committed))
+            return committed
+
+    async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
+        async with self._fetch_lock:
+            self._seeks += 1
+            await super().seek_wait(partitions)
+            await self._report_positions(dict(partitions))
+
+    async def _seek(self, partition: TP, offset: int) -> None:
+        async with self._fetch_lock:
+            self._seeks += 1
+            await super()._seek(partition, offset)
+            await self._report_positions({partition: offset})
+
+    async def _report_positions(self, positions: Mapping[TP, int | None]) -> None:
+        sink = self.sink
+        if sink is None:
+            return
+        ours = {tp: offset for tp, offset in positions.items() if tp.topic in sink.topics}
+        unknown = [tp for tp, offset in ours.items() if offset is None or offset < 0]
+        if unknown:
+            # No committed offset: the consumer starts at the log's beginning (auto_offset_reset earliest).
+            ours.update(await self.earliest_offsets(*unknown))
+        if ours:
+            sink.on_positions(ours)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        await super().on_partitions_revoked(revoked)
+        if self.sink is not None:
+            self.sink.on_positions({tp: None for tp in revoked if tp.topic in self.sink.topics})
+
+    # -- commits: the pipeline's processed offsets next to Faust's acks -------------------------------
+
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
+        yield from super()._filter_tps_with_pending_acks(topics)
+        if self.sink is not None:
+            for tp in self.sink.processed_tps():
+                if topics is None or tp in topics or tp.topic in topics:
+                    yield tp
+
+    def _new_offset(self, tp: TP) -> int | None:
+        if self.sink is not None and tp.topic in self.sink.topics:
+            return self.sink.processed(tp)
+        return super()._new_offset(tp)
+
+    # -- the drain loop ------------------------------------------------------------------------------
+
+    def _current(self, fetched: _Fetched) -> bool:
+        """No rebalance and no seek since the batch was fetched, and records may flow."""
+        return (
+            self.flow_active
+            and self._seeks == fetched.seeks
+            and self.app.consumer_generation_id == fetched.generation
+        )
+
+    async def _fetch(self, timeout: float) -> tuple[_Fetched, Mapping[TP, list[Any]] | None]:
+        """A fetch of the active partitions less what the sink holds back; None: nothing to fetch."""
+        async with self._fetch_lock:
+            fetched = _Fetched(self.app.consumer_generation_id, self._seeks)
+            if not self.flow_active:
+                return fetched, {}
+            active = self._get_active_partitions()
+            held_back = self.sink.held_back() if self.sink is not None else set()
+            if held_back:
+                active = {tp for tp in active if (tp.topic, tp.partition) not in held_back}
+            if not active:
+                return fetched, None
+            self.not_waiting_next_records.set()
+            return fetched, await self._getmany(active_partitions=active, timeout=timeout)
+
+    async def _drain_messages(self, fetcher: ServiceT) -> None:
+        consumer_should_stop = cast(Service, self)._stopped.is_set
+        fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
+        monitor = self.app.monitor
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                if not self.flow_active:
+                    await self.wait(self.can_resume_flow)  # type: ignore[arg-type]  # as Faust does
+                    continue
+                self.diag.set_flag(CONSUMER_FETCHING)
+                fetched, records = await self._fetch(timeout=1.0)
+                if records is None:
+                    await self.sleep(0.05)  # nothing to fetch (recovery, or all held back): no spin
+                    continue
+                if not records:
+                    continue
+                if not self._current(fetched):
+                    self._drop_stale(sum(len(batch) for batch in records.values()))
+                    continue
+                sink = self.sink
+                ours: dict[TP, list[Any]] = {}
+                theirs: list[tuple[TP, Message]] = []
+                for tp, batch in records.items():
+                    monitor.track_tp_end_offset(tp, self.highwater(tp))
+                    if sink is not None and tp.topic in sink.topics:
+                        ours[tp] = batch
+                    else:
+                        theirs.extend((tp, self._to_message(tp, record)) for record in batch)
+                if ours and sink is not None:
+                    await sink.on_fetched(ours, functools.partial(self._current, fetched))
+                if theirs:
+                    await self._deliver_to_faust(theirs, fetched)
+                self.diag.unset_flag(CONSUMER_FETCHING)
+                await self.sleep(0)  # let the loop breathe between fetches
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
+
+    def _drop_stale(self, undelivered: int) -> None:
+        # Not marked read: the seek that made the batch stale (done, or due with the rebalance)
+        # positions the consumer at or before these records.
+        self.log.info(
+            "Rebalance or seek: %d fetched records dropped unread, to be fetched again", undelivered
+        )
+
+    async def _deliver_to_faust(self, batch: list[tuple[TP, Message]], fetched: _Fetched) -> None:
+        """Faust's own topics (the changelog in recovery): through its callback, cancellable by a
+        rebalance at any record, with commits when Faust's ``broker_commit_every`` asks for one."""
+        delivered = 0
+        while delivered < len(batch) and not self.should_stop:
+            if not self._current(fetched):
+                self._drop_stale(len(batch) - delivered)
+                return
+            deliver = self._deliver(batch, delivered, fetched)
+            outcome = await self.wait_first(deliver, self.suspend_flow.wait())
+            if outcome.stopped:
+                return
+            if deliver not in outcome.done:
+                self._drop_stale(len(batch) - delivered)  # a rebalance began mid-delivery
+                return
+            delivered = int(outcome.results[outcome.done.index(deliver)])
+            if delivered < len(batch) and self._current(fetched):
+                self._n_acked = 0
+                await self.commit()
+
+    async def _deliver(self, batch: list[tuple[TP, Message]], start: int, fetched: _Fetched) -> int:
+        """Deliver from `start` on; return where it stopped: the end, earlier when a commit is due or
+        when the batch went stale."""
+        callback = self.callback
+        read_offset = self._read_offset
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        current = self._current
+        for index in range(start, len(batch)):
+            if (index - start) % _YIELD_EVERY == _YIELD_EVERY - 1:
+                await asyncio.sleep(0)
+            if not current(fetched):
+                return index
+            tp, message = batch[index]
+            offset = message.offset
+            last_read = read_offset.get(tp)
+            if last_read is not None and offset < last_read:
+                continue  # already delivered before a seek: Faust drops these too
+            if last_read and offset - last_read > 1 and acks_enabled_for(message.topic):
+                await self._add_gap(tp, last_read + 1, offset)
+            await callback(message)
+            read_offset[tp] = offset
+            if commit_every is not None and self._n_acked >= commit_every:
+                return index + 1
+        return len(batch)
+
+
+class PipelineTransport(faust_aiokafka.Transport):
+    Consumer: ClassVar[type[ConsumerT]] = PipelineConsumer
+
+
+def install(app: faust.App, sink: FetchSink) -> None:
+    """Consume through ``PipelineTransport`` (before anything touches ``app.transport``), with the
+    pipeline's records handed to ``sink``."""
+    check_faust()
+    transport = PipelineTransport(app.conf.broker_consumer, app)
+    transport.sink = sink  # type: ignore[attr-defined]
+    app.transport = transport

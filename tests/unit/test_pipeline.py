@@ -1,0 +1,359 @@
+"""The per-partition pipeline core without a broker: ordering across inputs, batches, holds, resets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.core.aligner import Aligner
+from streams.core.pipeline import Pipeline
+from streams.core.processor import Processor
+from streams.core.records import Output, Record, Source, Step
+from streams.metrics import GateMetrics
+from streams.policy.keys import partition_for
+from streams.policy.templates import Registry
+from streams.settings import Settings
+from streams.topology import topology
+
+from .factories import T0
+
+PARTITIONS = 2
+PNID = "pn1"
+
+
+class DictState:
+    def __init__(self) -> None:
+        self.data: dict[tuple[int, bytes], bytes] = {}
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        return self.data.get((partition, key))
+
+    def put(self, partition: int, key: bytes, value: bytes) -> None:
+        self.data[(partition, key)] = value
+
+
+@dataclass
+class Log:
+    """A tiny Kafka: per (topic, partition) a list of records; offsets are list positions."""
+
+    records: dict[tuple[str, int], list[Record]] = field(default_factory=dict)
+
+    def write(self, topic: str, partition: int, key: str, value: Any, ts: int = 0) -> Record:
+        log = self.records.setdefault((topic, partition), [])
+        record = Record(topic, partition, len(log), ts, key.encode(), orjson.dumps(value))
+        log.append(record)
+        return record
+
+    def end(self, topic: str, partition: int) -> int:
+        return len(self.records.get((topic, partition), []))
+
+
+class Harness:
+    def __init__(self, max_hold: float = 10.0, max_held: int = 1_000) -> None:
+        self.settings = Settings(partitions=PARTITIONS, store="memory", window_events_enabled=False)
+        self.topo = topology(self.settings)
+        self.metrics = GateMetrics()
+        self.processor = Processor(
+            self.topo, DictState(), self.settings.rules, self.metrics, Registry(), clock=lambda: T0
+        )
+        self.aligner = Aligner(PARTITIONS, max_hold, max_held)
+        self.pipeline = Pipeline(self.processor, self.aligner, self.metrics)
+        self.log = Log()
+        self.outputs: list[Output] = []
+        self.done: dict[tuple[Source, int], int] = {}
+        for p in range(PARTITIONS):  # assigned at the start of every log, nothing committed yet
+            for spec in (self.topo.inbound, self.topo.webhooks):
+                self.pipeline.reset(spec.name, p, 0)
+
+    def key(self, user: str) -> tuple[str, int]:
+        key = f"{PNID}:{user}"
+        return key, partition_for(key, PARTITIONS)
+
+    def opener(self, user: str, ts: float = T0 - 60) -> Record:
+        key, p = self.key(user)
+        event = {"event_id": f"w.{user}.{ts}", "phone_number_id": PNID, "user": user}
+        return self.log.write(
+            self.topo.inbound.name, p, key, {**event, "timestamp": ts, "kind": "message", "type": "text"}
+        )
+
+    def request(self, user: str, rid: str) -> Record:
+        key, p = self.key(user)
+        body = {"type": "text", "text": {"body": "hi"}}
+        value = {"request_id": rid, "phone_number_id": PNID, "to": user, "origin": "agent", "message": body}
+        return self.log.write(self.topo.requests.name, p, key, value)
+
+    def take(self, step: Step) -> None:
+        self.outputs += step.outputs
+        for source_partition, offset in step.done.items():
+            self.done[source_partition] = max(self.done.get(source_partition, 0), offset)
+        for partition, offset in step.webhooks_done.items():  # as if acknowledged at once
+            self.aligner.webhooks_on_broker(partition, offset)
+
+    def feed(self, records: Sequence[Record], now: float = 0.0) -> None:
+        batches: dict[tuple[str, int], list[Record]] = {}
+        for record in records:
+            batches.setdefault((record.topic, record.partition), []).append(record)
+        self.take(self.pipeline.feed(batches, now))
+
+    def round(self, now: float = 0.0, remote: Mapping[int, int] | None = None) -> bool:
+        plan = self.pipeline.plan_round()
+        if plan is None:
+            return False
+        webhook_ends = {w: self.log.end(self.topo.webhooks.name, w) for w in plan.webhooks}
+        inbound_ends = {p: self.log.end(self.topo.inbound.name, p) for p in plan.inbound}
+        self.take(self.pipeline.complete_round(plan, remote or {}, webhook_ends, inbound_ends, now))
+        return True
+
+    def decisions(self) -> dict[str, dict[str, Any]]:
+        decided = {}
+        for output in self.outputs:
+            if output.topic in (self.topo.send.name, self.topo.template.name, self.topo.rejected.name):
+                value = orjson.loads(output.value or b"")
+                decided[value["request_id"]] = value
+        return decided
+
+
+def test_a_request_fetched_before_the_opener_written_before_it_waits_for_it() -> None:
+    h = Harness()
+    opener = h.opener("ann")
+    request = h.request("ann", "r1")
+    h.feed([request])  # the request partition was fetched first
+    assert h.decisions() == {}
+    assert h.round()  # the inbound end offset says: one event before it
+    assert h.decisions() == {}, "decided before the opener written before it was applied"
+    h.feed([opener])
+    decision = h.decisions()["r1"]
+    assert (decision["route"], decision["reason"], decision["held_past_limit"]) == (
+        "send",
+        "window_open",
+        False,
+    )
+    assert h.done[(Source.REQUESTS, request.partition)] == 1
+    assert h.done[(Source.INBOUND, opener.partition)] == 1
+
+
+def test_without_alignment_the_same_order_gives_the_wrong_answer() -> None:
+    """What the gate did before the ordering contract: the proof that the test above can fail."""
+    h = Harness(max_hold=0)
+    opener = h.opener("ann")
+    h.feed([h.request("ann", "r1")])
+    assert h.decisions()["r1"]["reason"] == "no_window"
+    h.feed([opener])
+
+
+def test_nothing_lagging_a_request_is_decided_after_one_round() -> None:
+    h = Harness()
+    h.feed([h.opener("bob")])
+    h.feed([h.request("bob", "r1")])
+    assert h.decisions() == {}
+    h.round()
+    assert h.decisions()["r1"]["reason"] == "window_open"
+
+
+def test_an_inbound_backlog_holds_requests_in_order_and_releases_them_together() -> None:
+    h = Harness()
+    users = [f"u{i}" for i in range(40)]
+    for i in range(2_000):  # statuses queued before everything
+        user = users[i % len(users)]
+        key, p = h.key(user)
+        status = {"event_id": f"s{i}", "phone_number_id": PNID, "user": user, "timestamp": T0 - 30}
+        h.log.write(h.topo.inbound.name, p, key, {**status, "kind": "status", "type": "delivered"})
+    openers = [h.opener(user) for user in users]
+    requests = [h.request(user, f"r-{user}") for user in users]
+    h.feed(requests)
+    h.round()
+    inbound = [r for log in h.log.records.values() for r in log if r.topic == h.topo.inbound.name]
+    inbound.sort(key=lambda r: r.offset)
+    fed: dict[int, int] = {}
+    for chunk in range(0, len(inbound), 500):  # fetched in batches
+        for decided in h.decisions().values():  # nothing decided before its partition's backlog
+            p = h.key(decided["to"])[1]
+            assert fed.get(p, 0) == h.log.end(h.topo.inbound.name, p)
+        batch = inbound[chunk : chunk + 500]
+        h.feed(batch)
+        for record in batch:
+            fed[record.partition] = record.offset + 1
+    decided = h.decisions()
+    assert {decided[f"r-{u}"]["reason"] for u in users} == {"window_open"}
+    assert len(openers) == len(users)
+    assert h.aligner.held == 0
+
+
+def test_a_webhook_body_written_before_the_request_is_normalized_and_applied_first() -> None:
+    h = Harness()
+    key, p = h.key("cat")
+    body = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "waba1",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {"phone_number_id": PNID, "display_phone_number": "1"},
+                            "messages": [
+                                {
+                                    "from": "cat",
+                                    "id": "wamid.1",
+                                    "timestamp": str(int(T0 - 60)),
+                                    "type": "text",
+                                    "text": {"body": "hi"},
+                                }
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    webhook = h.log.write(h.topo.webhooks.name, 1 - p, PNID, body, ts=1234)
+    request = h.request("cat", "r1")
+    h.feed([request])
+    h.round()  # the target: wa.webhooks partition 1-p up to offset 1
+    assert h.decisions() == {}
+    h.feed([webhook])  # normalized: an InboundEvent for wa.inbound, keeping the body's timestamp
+    [event] = [o for o in h.outputs if o.topic == h.topo.inbound.name]
+    assert (event.partition, event.timestamp_ms) == (p, 1234)
+    h.log.write(h.topo.inbound.name, p, key, orjson.loads(event.value or b""))
+    h.round()  # the target is reached: the barrier is the inbound end now, after the event
+    assert h.decisions() == {}
+    h.feed(h.log.records[(h.topo.inbound.name, p)])
+    assert h.decisions()["r1"]["reason"] == "window_open"
+
+
+def test_a_webhook_partition_of_another_worker_counts_by_its_committed_offset() -> None:
+    h = Harness()
+    h.pipeline.reset(h.topo.webhooks.name, 0, None)  # partition 0 is not ours
+    h.log.write(h.topo.webhooks.name, 0, PNID, {"object": "x"})
+    h.feed([h.request("dan", "r1")])
+    plan = h.pipeline.plan_round()
+    assert plan is not None and plan.remote_webhooks == [0]
+    h.take(h.pipeline.complete_round(plan, {0: 0}, {0: 1, 1: 0}, {0: 0, 1: 0}, 0.0))
+    assert h.decisions() == {}, "the other worker has not committed the body yet"
+    h.round(remote={0: 1})
+    assert h.decisions()["r1"]["reason"] == "no_window"
+
+
+def test_the_hold_limit_decides_marks_and_counts() -> None:
+    h = Harness(max_hold=2.0)
+    h.opener("eve")  # written, never fetched: inbound is stuck
+    h.feed([h.request("eve", "r1")], now=100.0)
+    h.round(now=100.0)
+    h.take(h.pipeline.release(101.9))
+    assert h.decisions() == {}
+    assert h.aligner.next_expiry() == 102.0
+    h.take(h.pipeline.release(102.0))
+    decision = h.decisions()["r1"]
+    assert decision["held_past_limit"] is True
+    assert "WAGATE_MAX_HOLD_SECONDS" in decision["detail"]
+    assert h.metrics.held_past_limit._value.get() == 1
+
+
+def test_a_full_partition_is_paused_until_half_is_decided() -> None:
+    h = Harness(max_held=4)
+    users = [u for u in (f"v{i}" for i in range(60)) if h.key(u)[1] == 0][:6]
+    h.feed([h.request(u, f"r{i}") for i, u in enumerate(users)])
+    assert h.aligner.paused() == {0}
+    h.round()
+    assert h.aligner.paused() == set()
+    assert len(h.decisions()) == 6
+
+
+def test_a_seek_drops_held_requests_and_voids_the_round_in_flight() -> None:
+    h = Harness()
+    request = h.request("fay", "r1")
+    h.feed([request])
+    plan = h.pipeline.plan_round()
+    assert plan is not None
+    h.pipeline.reset(h.topo.requests.name, request.partition, 0)  # a rebalance: read again from 0
+    h.take(h.pipeline.complete_round(plan, {}, {0: 0, 1: 0}, {0: 0, 1: 0}, 0.0))
+    assert h.decisions() == {} and h.aligner.held == 0
+    assert (Source.REQUESTS, request.partition) not in h.done
+    h.feed([request])  # fetched again after the seek
+    h.round()
+    assert list(h.decisions()) == ["r1"]
+
+
+def test_a_restarted_pipeline_decides_the_same_from_the_state_it_finds() -> None:
+    h = Harness()
+    h.feed([h.opener("gus")])
+    state = h.processor.state
+    again = Harness()
+    again.processor.state = state  # the RocksDB folder survived the restart
+    again.log = h.log
+    for p in range(PARTITIONS):  # the committed inbound offsets: the opener was processed
+        again.pipeline.reset(again.topo.inbound.name, p, h.log.end(again.topo.inbound.name, p))
+    again.feed([again.request("gus", "r1")])
+    again.round()
+    assert again.decisions()["r1"]["reason"] == "window_open"
+
+
+# -- the property: any fetch interleaving, any round timing -> the decision the write order implies ----
+
+write = st.tuples(st.sampled_from(["opener", "request"]), st.integers(0, 5))
+action = st.sampled_from(["write", "fetch_inbound", "fetch_requests", "round"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(write, min_size=1, max_size=30), st.lists(action, max_size=80), st.randoms())
+def test_every_request_sees_every_opener_written_before_it(
+    writes: list[tuple[str, int]], actions: list[str], rnd: Any
+) -> None:
+    h = Harness()
+    expected: dict[str, str] = {}
+    opened: set[str] = set()
+    written = 0
+    positions: dict[tuple[str, int], int] = {}
+
+    def write_next() -> None:
+        nonlocal written
+        kind, n = writes[written]
+        user = f"c{n}"
+        if kind == "opener":
+            h.opener(user)
+            opened.add(user)
+        else:
+            rid = f"r{written}"
+            h.request(user, rid)
+            if user in opened:
+                expected[rid] = "window_open"  # the contract: an opener written before it is applied
+            elif ("opener", n) not in writes:
+                expected[rid] = "no_window"
+            # an opener written after the request may or may not have been read by its decision
+        written += 1
+
+    def fetch(topic: str, everything: bool = False) -> None:
+        for (t, p), log in h.log.records.items():
+            if t != topic:
+                continue
+            start = positions.get((t, p), 0)
+            end = len(log) if everything else rnd.randint(start, len(log))
+            positions[(t, p)] = end
+            h.feed(log[start:end])
+
+    for step in actions:
+        if step == "write" and written < len(writes):
+            write_next()
+        elif step == "fetch_inbound":
+            fetch(h.topo.inbound.name)
+        elif step == "fetch_requests":
+            fetch(h.topo.requests.name)
+        elif step == "round":
+            h.round()
+    while written < len(writes):
+        write_next()
+    fetch(h.topo.requests.name, everything=True)  # the consumer catches up; rounds keep running
+    h.round()
+    fetch(h.topo.inbound.name, everything=True)
+    assert h.aligner.held == 0
+    assert not h.outputs or all(o.topic != h.topo.deadletter.name for o in h.outputs)
+    decided = {rid: d["reason"] for rid, d in h.decisions().items()}
+    assert len(decided) == sum(1 for kind, _ in writes if kind == "request")
+    assert {rid: decided[rid] for rid in expected} == expected
