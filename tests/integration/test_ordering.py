@@ -108,6 +108,7 @@ def test_a_131047_acknowledged_before_a_request_stops_free_form(new_gate: Any) -
     gate.produce_many((gate.topo.inbound.name, f"{pnid}:{u}", inbound(pnid, u, now - 3_600)) for u in users)
     start_and_wait(gate)
     gate.wait_consumed(gate.topo.inbound.name)  # every window is open
+    gate.worker.stop()  # the backlog builds while the worker is away (a deploy, a crash)
     gate.produce_bulk(statuses(gate, pnid, 30_000))
     rids = []
     for user in users:
@@ -116,6 +117,7 @@ def test_a_131047_acknowledged_before_a_request_stops_free_form(new_gate: Any) -
         rid = f"{pnid}-{user}"
         gate.produce(gate.topo.requests.name, f"{pnid}:{user}", text_request(pnid, user, rid))
         rids.append(rid)
+    start_and_wait(gate)
     decided = gate.decisions(rids, timeout=120)
     routes = {rid: [(r.value["route"], r.value["reason"]) for r in decided[rid]] for rid in rids}
     assert routes == {rid: [("rejected", "window_closed")] for rid in rids}
