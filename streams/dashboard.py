@@ -92,6 +92,19 @@ PANELS: tuple[Panel, ...] = (
         unit="s",
     ),
     Panel(
+        "Requests held for inbound events",
+        "Requests waiting for the inbound events written before them (the ordering contract), how long "
+        "they wait (p99), and decisions made at WAGATE_MAX_HOLD_SECONDS before those events were applied.",
+        (
+            Query("sum(wagate_requests_held)", "held now"),
+            Query(
+                "histogram_quantile(0.99, sum by (le) (rate(wagate_request_hold_seconds_bucket[5m])))",
+                "hold time p99 (s)",
+            ),
+            Query("sum(increase(wagate_decisions_past_hold_limit_total[15m]))", "past the hold limit"),
+        ),
+    ),
+    Panel(
         "Consumer lag",
         "Records not yet committed per topic, all workers.",
         (Query("sum by (topic) (wagate_consumer_lag)", "{{topic}}"),),

@@ -61,11 +61,11 @@ _REQUIRED: tuple[tuple[Any, str], ...] = (
     (faust_consumer.Consumer, "_to_message"),
     (faust_consumer.Consumer, "_seek"),
     (faust_consumer.Consumer, "_commit_every"),
+    (faust_consumer.Consumer, "_n_acked"),
     (faust_aiokafka.Consumer, "seek_to_committed"),
     (faust_aiokafka.Consumer, "seek_wait"),
     (faust_aiokafka.Producer, "_ensure_producer"),
     (faust_rocksdb.Store, "_db_for_partition"),
-    (faust_rocksdb.Store, "_key_index"),
     (Service, "_stopped"),
 )
 
@@ -128,8 +128,9 @@ class PartitionedState:
     def put(self, partition: int, key: bytes, value: bytes) -> None:
         store = self.table.data
         if isinstance(store, faust_rocksdb.Store):
+            # (Faust's Store._set also records the key's partition in an LRU index, for table reads
+            # outside a stream; the gate never reads through the table API, so it skips that cost.)
             store._db_for_partition(partition).put(key, value)
-            store._key_index[key] = partition  # what Store._set records, for reads outside a stream
         else:
             store[key] = value
 
@@ -165,7 +166,9 @@ class FetchSink(Protocol):
 
     def held_back(self) -> set[tuple[str, int]]: ...
 
-    async def on_fetched(self, batches: dict[TP, list[Any]], current: Callable[[], bool]) -> None: ...
+    async def on_fetched(
+        self, batches: dict[TP, list[Any]], positions: dict[TP, int], current: Callable[[], bool]
+    ) -> None: ...
 
     def processed(self, tp: TP) -> int | None: ...
 
@@ -191,6 +194,7 @@ class PipelineConsumer(faust_aiokafka.Consumer):
         self.sink: FetchSink | None = getattr(self.transport, "sink", None)
         self._fetch_lock = asyncio.Lock()  # held for a fetch and for a seek: they never overlap
         self._seeks = 0  # seeks started
+        self._positions_warned = False
 
     # -- seeks: under the fetch lock, reported to the sink --------------------------------------------
 
@@ -283,8 +287,6 @@ class PipelineConsumer(faust_aiokafka.Consumer):
                 if records is None:
                     await self.sleep(0.05)  # nothing to fetch (recovery, or all held back): no spin
                     continue
-                if not records:
-                    continue
                 if not self._current(fetched):
                     self._drop_stale(sum(len(batch) for batch in records.values()))
                     continue
@@ -297,8 +299,12 @@ class PipelineConsumer(faust_aiokafka.Consumer):
                         ours[tp] = batch
                     else:
                         theirs.extend((tp, self._to_message(tp, record)) for record in batch)
-                if ours and sink is not None:
-                    await sink.on_fetched(ours, functools.partial(self._current, fetched))
+                if sink is not None:
+                    # Read now, before anything is awaited: where the next fetch starts, past the
+                    # records just returned and past transaction markers (no record stands for those).
+                    positions = self._positions(sink.topics)
+                    if ours or positions:
+                        await sink.on_fetched(ours, positions, functools.partial(self._current, fetched))
                 if theirs:
                     await self._deliver_to_faust(theirs, fetched)
                 self.diag.unset_flag(CONSUMER_FETCHING)
@@ -318,6 +324,34 @@ class PipelineConsumer(faust_aiokafka.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    def _positions(self, topics: frozenset[str]) -> dict[TP, int]:
+        """The aiokafka consumer's fetch positions of ``topics``' assigned partitions (it lives on
+        Faust's consumer thread; between two of our fetches only our own calls move them)."""
+        try:
+            kafka: Any = self._thread._consumer
+            if kafka is None:
+                return {}
+            assignment = kafka._subscription.subscription.assignment
+            positions = {}
+            for tp in self.assignment():
+                if tp.topic in topics:
+                    state = assignment.state_value(tp)
+                    if state is not None and state.has_valid_position:
+                        positions[tp] = state.position
+            return positions
+        except AttributeError as exc:  # rebalancing (no subscription), or aiokafka moved its internals
+            if self.app.rebalancing:
+                return {}
+            if not self._positions_warned:
+                self._positions_warned = True
+                self.log.warning(
+                    "cannot read fetch positions (%s; aiokafka %s): requests behind a transaction "
+                    "marker on wa.inbound wait for the hold limit",
+                    exc,
+                    version("aiokafka"),
+                )
+            return {}
 
     def _drop_stale(self, undelivered: int) -> None:
         # Not marked read: the seek that made the batch stale (done, or due with the rebalance)

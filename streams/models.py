@@ -65,7 +65,13 @@ class Conversation(_Open):
 
 
 class InboundEvent(_Open):
-    """One user-side event on ``wa.inbound``, keyed by contact key."""
+    """One user-side event on ``wa.inbound``, keyed by contact key.
+
+    Ordering: every request is decided after the gate has applied each inbound event of its partition
+    written to Kafka before the request (here, or as a raw body on ``wa.webhooks``; events the gate
+    normalizes from a body keep the body's record timestamp). Write the event, wait for Kafka's
+    acknowledgement, then write the request.
+    """
 
     event_id: NonEmpty = Field(description="wamid, call id or other id Meta gives")
     phone_number_id: NonEmpty
@@ -116,7 +122,12 @@ class OutboundMessage(_Open):
 
 
 class SendRequest(BaseModel):
-    """A send intent on ``wa.outbound.requests``, keyed by contact key."""
+    """A send intent on ``wa.outbound.requests``, keyed by contact key.
+
+    Ordering: it is decided only after every inbound event of its contact's partition written to
+    Kafka before it (on ``wa.inbound``, or as a webhook body on ``wa.webhooks``) is applied, or at
+    WAGATE_MAX_HOLD_SECONDS, when its decision says ``held_past_limit: true``.
+    """
 
     model_config = ConfigDict(extra="forbid")
 

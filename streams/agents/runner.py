@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import TP
 
@@ -93,6 +94,14 @@ class PipelineRunner:
         # Per own wa.webhooks partition: (next offset, its outputs not yet acknowledged), in order.
         self._webhook_acks: dict[int, deque[tuple[int, list[int]]]] = {}
         self._admin: AIOKafkaAdminClient | None = None
+        self._offsets_client: AIOKafkaConsumer | None = None
+        self._partition_counts: dict[str, int] = {}
+        self._changelog = topo.contact_state_changelog.name
+        self._source_topics = {
+            Source.INBOUND: topo.inbound.name,
+            Source.REQUESTS: topo.requests.name,
+            Source.WEBHOOKS: topo.webhooks.name,
+        }
         metrics.open_windows.set_function(lambda: self.windows.open_windows)
         metrics.requests_held.set_function(lambda: self.aligner.held)
 
@@ -107,10 +116,12 @@ class PipelineRunner:
         requests = self.topo.requests.name
         return {(requests, p) for p in paused}
 
-    async def on_fetched(self, batches: dict[TP, list[Any]], current: Callable[[], bool]) -> None:
+    async def on_fetched(
+        self, batches: dict[TP, list[Any]], positions: dict[TP, int], current: Callable[[], bool]
+    ) -> None:
         if not current():
             return
-        step = self.pipeline.feed(batches, time.monotonic())  # type: ignore[arg-type]  # TP is a tuple
+        step = self.pipeline.feed(batches, time.monotonic(), positions)  # type: ignore[arg-type]
         if self.aligner.enabled and any(tp.topic == self.topo.requests.name for tp in batches):
             self._wake.set()
         await self._emit(step)
@@ -139,31 +150,70 @@ class PipelineRunner:
             return
         epoch = self.aligner.epoch
         async with self._send_lock:  # steps leave in the order they were made
-            futures = [await self._send(output) for output in step.outputs]
+            futures = await self._send_all(step.outputs)
             if self.aligner.epoch != epoch:
                 return  # a seek or revocation came in between: these offsets will be read again
-            topics = {Source.INBOUND: self.topo.inbound.name, Source.REQUESTS: self.topo.requests.name}
-            topics[Source.WEBHOOKS] = self.topo.webhooks.name
             for (source, partition), next_offset in step.done.items():
-                tp = TP(topics[source], partition)
+                tp = TP(self._source_topics[source], partition)
                 if next_offset > self._processed.get(tp, -1):
                     self._processed[tp] = next_offset
             for partition, next_offset in step.webhooks_done.items():
                 self._track_webhook_acks(partition, next_offset, futures)
 
-    async def _send(self, output: Output) -> Any:
-        # Straight into the aiokafka producer Faust owns (and flushes before every commit).
-        fut = await kafka_producer(self.app).send(
-            output.topic,
-            output.value,
-            key=output.key,
-            partition=output.partition,
-            timestamp_ms=output.timestamp_ms,
+    async def _send_all(self, outputs: list[Output]) -> list[Any]:
+        """Hand ``outputs`` to Faust's aiokafka producer (which Faust flushes before every commit), one
+        record batch per topic and partition: a per-record ``send`` cost more than the gate's policy."""
+        producer = kafka_producer(self.app)
+        grouped: dict[tuple[str, int], list[Output]] = {}
+        for output in outputs:
+            partition = output.partition
+            if partition is None:
+                partition = await self._partition_of(producer, output)
+            grouped.setdefault((output.topic, partition), []).append(output)
+        futures = []
+        for (topic, partition), records in grouped.items():
+            batch = producer.create_batch()
+            count = 0
+            for output in records:
+                if batch.append(key=output.key, value=output.value, timestamp=output.timestamp_ms) is None:
+                    if count:  # full: send it, start the next
+                        futures.append(await self._send_batch(producer, batch, topic, partition, count))
+                        batch, count = producer.create_batch(), 0
+                    if (
+                        batch.append(key=output.key, value=output.value, timestamp=output.timestamp_ms)
+                        is None
+                    ):
+                        # Larger than a batch: alone, with the producer's own size check and error.
+                        futures.append(await self._send_one(producer, output, topic, partition))
+                        continue
+                count += 1
+            if count:
+                futures.append(await self._send_batch(producer, batch, topic, partition, count))
+        return futures
+
+    async def _send_batch(self, producer: Any, batch: Any, topic: str, partition: int, count: int) -> Any:
+        fut = await producer.send_batch(batch, topic, partition=partition)
+        fut.add_done_callback(self._on_delivered)
+        if topic == self._changelog:
+            fut.add_done_callback(lambda done: self._on_changelog_delivered(done, count))
+        return fut
+
+    async def _send_one(self, producer: Any, output: Output, topic: str, partition: int) -> Any:
+        fut = await producer.send(
+            topic, output.value, key=output.key, partition=partition, timestamp_ms=output.timestamp_ms
         )
         fut.add_done_callback(self._on_delivered)
-        if output.topic == self.topo.contact_state_changelog.name:
-            fut.add_done_callback(self._on_changelog_delivered)
+        if topic == self._changelog:
+            fut.add_done_callback(lambda done: self._on_changelog_delivered(done, 1))
         return fut
+
+    async def _partition_of(self, producer: Any, output: Output) -> int:
+        """Topics written without an explicit partition (dead letters, templates, numbers): by key, as
+        Kafka's default partitioner does (murmur2), on the topic's real partition count."""
+        count = self._partition_counts.get(output.topic)
+        if count is None:
+            count = self._partition_counts[output.topic] = len(await producer.partitions_for(output.topic))
+        return partition_for(output.key, count) if output.key is not None else 0
 
     def _track_webhook_acks(self, partition: int, next_offset: int, futures: list[Any]) -> None:
         """wa.webhooks progress counts once every output of the step is acknowledged, in order."""
@@ -196,10 +246,10 @@ class PipelineRunner:
         log.critical("delivery failed after retries (%s); crashing so the offset is not committed", exc)
         self.app.loop.create_task(self.app.crash(exc))
 
-    def _on_changelog_delivered(self, fut: Any) -> None:
-        if not fut.cancelled() and fut.exception() is None:
-            # Recovery resumes reading the changelog after this offset.
-            self.state.persisted(fut.result().topic_partition, fut.result().offset)
+    def _on_changelog_delivered(self, fut: Any, count: int) -> None:
+        if not fut.cancelled() and fut.exception() is None and count:
+            # Recovery resumes reading the changelog after the batch's last offset.
+            self.state.persisted(fut.result().topic_partition, fut.result().offset + count - 1)
 
     # -- ordering rounds --------------------------------------------------------------------------
 
@@ -237,19 +287,27 @@ class PipelineRunner:
         if plan.remote_webhooks:  # read before the end offsets: what it shows is on the broker by then
             remote = await self._committed(self.topo.webhooks.name, plan.remote_webhooks)
         webhooks, inbound = self.topo.webhooks.name, self.topo.inbound.name
-        tps = [TP(webhooks, w) for w in plan.webhooks] + [TP(inbound, p) for p in plan.inbound]
-        ends = await self.app.consumer.highwaters(*tps)
+        tps = [TopicPartition(webhooks, w) for w in plan.webhooks]
+        tps += [TopicPartition(inbound, p) for p in plan.inbound]
+        ends = await (await self._offsets()).end_offsets(tps)
         webhook_ends = {tp.partition: offset for tp, offset in ends.items() if tp.topic == webhooks}
         inbound_ends = {tp.partition: offset for tp, offset in ends.items() if tp.topic == inbound}
         return remote, webhook_ends, inbound_ends
+
+    async def _offsets(self) -> AIOKafkaConsumer:
+        """A client of the rounds' own, on this event loop: Faust's consumer lives on another thread,
+        and a hop there and back cost more than the ListOffsets request itself."""
+        if self._offsets_client is None:
+            client = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers, group_id=None)
+            await client.start()
+            self._offsets_client = client
+        return self._offsets_client
 
     async def _committed(self, topic: str, partitions: list[int]) -> dict[int, int]:
         if self._admin is None:
             admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers)
             await admin.start()
             self._admin = admin
-        from aiokafka import TopicPartition
-
         offsets = await self._admin.list_consumer_group_offsets(
             self.settings.faust_app_id, partitions=[TopicPartition(topic, p) for p in partitions]
         )
@@ -259,6 +317,9 @@ class PipelineRunner:
         if self._admin is not None:
             await self._admin.close()
             self._admin = None
+        if self._offsets_client is not None:
+            await self._offsets_client.stop()
+            self._offsets_client = None
 
     # -- window timetable and API ------------------------------------------------------------------
 
@@ -274,8 +335,7 @@ class PipelineRunner:
             outputs.append(Output(self.topo.windows.name, key.encode(), value, partition))
             self.metrics.window_events.labels(event.event).inc()
         async with self._send_lock:
-            for output in outputs:
-                await self._send(output)
+            await self._send_all(outputs)
 
     def _ownership(self) -> Ownership | None:
         """The state partitions this worker holds, or None while a rebalance or recovery runs (Faust

@@ -37,8 +37,15 @@ class Pipeline:
     def source(self, topic: str) -> Source | None:
         return self.sources.get(topic)
 
-    def feed(self, batches: Mapping[tuple[str, int], Sequence[InputRecord]], now: float) -> Step:
-        """Records as fetched, per (topic, partition), in offset order; ``now`` is monotonic seconds."""
+    def feed(
+        self,
+        batches: Mapping[tuple[str, int], Sequence[InputRecord]],
+        now: float,
+        positions: Mapping[tuple[str, int], int] | None = None,
+    ) -> Step:
+        """Records as fetched, per (topic, partition), in offset order; ``now`` is monotonic seconds.
+        ``positions``: where the consumer's next fetch starts, per (topic, partition), read after this
+        fetch: past its records and past transaction markers, whose offsets hold no record."""
         step = Step()
         out = step.outputs
         processor = self.processor
@@ -66,6 +73,9 @@ class Pipeline:
             step.webhooks_done[partition] = next_offset
         for partition, records in requests:
             self.aligner.hold(partition, records, now)
+        for (topic, partition), position in (positions or {}).items():
+            if self.sources.get(topic) is Source.INBOUND:
+                self.aligner.applied(partition, position)
         self._release(now, step)
         return step
 

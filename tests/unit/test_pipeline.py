@@ -94,11 +94,13 @@ class Harness:
         for partition, offset in step.webhooks_done.items():  # as if acknowledged at once
             self.aligner.webhooks_on_broker(partition, offset)
 
-    def feed(self, records: Sequence[Record], now: float = 0.0) -> None:
+    def feed(
+        self, records: Sequence[Record], now: float = 0.0, positions: dict[tuple[str, int], int] | None = None
+    ) -> None:
         batches: dict[tuple[str, int], list[Record]] = {}
         for record in records:
             batches.setdefault((record.topic, record.partition), []).append(record)
-        self.take(self.pipeline.feed(batches, now))
+        self.take(self.pipeline.feed(batches, now, positions))
 
     def round(self, now: float = 0.0, remote: Mapping[int, int] | None = None) -> bool:
         plan = self.pipeline.plan_round()
@@ -239,6 +241,22 @@ def test_a_webhook_partition_of_another_worker_counts_by_its_committed_offset() 
     assert h.decisions() == {}, "the other worker has not committed the body yet"
     h.round(remote={0: 1})
     assert h.decisions()["r1"]["reason"] == "no_window"
+
+
+def test_a_transaction_marker_after_the_last_event_does_not_hold_requests() -> None:
+    """Offsets of commit markers hold no record: the fetch position, not the last record, counts."""
+    h = Harness()
+    opener = h.opener("hal")
+    request = h.request("hal", "r1")
+    h.feed([request])
+    plan = h.pipeline.plan_round()
+    assert plan is not None
+    inbound_ends = {p: h.log.end(h.topo.inbound.name, p) + 1 for p in plan.inbound}  # + the marker
+    h.take(h.pipeline.complete_round(plan, {}, {0: 0, 1: 0}, inbound_ends, 0.0))
+    h.feed([opener])
+    assert h.decisions() == {}, "the marker's offset is not applied yet"
+    h.feed([], positions={(h.topo.inbound.name, opener.partition): opener.offset + 2})  # past the marker
+    assert h.decisions()["r1"]["reason"] == "window_open"
 
 
 def test_the_hold_limit_decides_marks_and_counts() -> None:

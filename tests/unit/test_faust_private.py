@@ -1,0 +1,55 @@
+"""The one module that touches Faust's private members: its start-up check, and that it is the only one."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from streams import faust_private
+from streams.faust_private import FaustIncompatible, check_faust
+
+STREAMS = Path(faust_private.__file__).resolve().parent
+
+
+def test_the_installed_faust_has_every_member_the_gate_uses() -> None:
+    check_faust()
+
+
+def test_a_missing_member_fails_naming_the_versions_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from faust.transport import consumer
+
+    monkeypatch.setattr(
+        faust_private, "_REQUIRED", (*faust_private._REQUIRED, (consumer.Consumer, "_gone_in_a_new_release"))
+    )
+    with pytest.raises(FaustIncompatible) as failure:
+        check_faust()
+    message = str(failure.value)
+    assert "Consumer._gone_in_a_new_release" in message
+    assert re.search(r"faust-streaming \d+\.\d+", message)
+    assert f"faust-streaming~={faust_private.TESTED_FAUST}.0" in message
+
+
+def test_no_other_module_touches_the_private_members() -> None:
+    members = {member for _, member in faust_private._REQUIRED}
+    pattern = re.compile(r"\.(" + "|".join(re.escape(m) for m in members) + r")\b")
+    offenders = [
+        f"{path.relative_to(STREAMS)}: {match.group(0)}"
+        for path in STREAMS.rglob("*.py")
+        if path.name != "faust_private.py"
+        for match in pattern.finditer(path.read_text())
+    ]
+    assert offenders == []
+
+
+def test_every_private_member_used_in_the_module_is_checked() -> None:
+    """A private Faust/mode member used in faust_private.py but missing from the check would fail late."""
+    source = (STREAMS / "faust_private.py").read_text()
+    used = set(
+        re.findall(r"(?:self|super\(\)|store|app\.producer|cast\(Service, \w+\))\.(_[a-z][a-z_]+)", source)
+    )
+    own = {"_fetch_lock", "_seeks", "_fetch", "_current", "_drop_stale", "_deliver_to_faust", "_deliver"}
+    own.add("_report_positions")
+    checked = {member for _, member in faust_private._REQUIRED}
+    assert used - own - checked == set()
