@@ -46,6 +46,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, ConsumerT, Message
 from mode import Service, ServiceT
 
+from streams.core.aligner import FetchView
+
 TESTED_FAUST = "0.15"  # the minor version pinned in pyproject.toml
 
 # (owner, member) pairs this module relies on.
@@ -62,6 +64,7 @@ _REQUIRED: tuple[tuple[Any, str], ...] = (
     (faust_consumer.Consumer, "_seek"),
     (faust_consumer.Consumer, "_commit_every"),
     (faust_consumer.Consumer, "_n_acked"),
+    (faust_consumer.ThreadDelegateConsumer, "_thread"),
     (faust_aiokafka.Consumer, "seek_to_committed"),
     (faust_aiokafka.Consumer, "seek_wait"),
     (faust_aiokafka.Producer, "_ensure_producer"),
@@ -167,7 +170,11 @@ class FetchSink(Protocol):
     def held_back(self) -> set[tuple[str, int]]: ...
 
     async def on_fetched(
-        self, batches: dict[TP, list[Any]], positions: dict[TP, int], current: Callable[[], bool]
+        self,
+        batches: dict[TP, list[Any]],
+        positions: dict[TP, int],
+        views: dict[TP, FetchView],
+        current: Callable[[], bool],
     ) -> None: ...
 
     def processed(self, tp: TP) -> int | None: ...
@@ -302,9 +309,10 @@ class PipelineConsumer(faust_aiokafka.Consumer):
                 if sink is not None:
                     # Read now, before anything is awaited: where the next fetch starts, past the
                     # records just returned and past transaction markers (no record stands for those).
-                    positions = self._positions(sink.topics)
+                    positions, views = self._fetch_state(sink.topics)
                     if ours or positions:
-                        await sink.on_fetched(ours, positions, functools.partial(self._current, fetched))
+                        current = functools.partial(self._current, fetched)
+                        await sink.on_fetched(ours, positions, views, current)
                 if theirs:
                     await self._deliver_to_faust(theirs, fetched)
                 self.diag.unset_flag(CONSUMER_FETCHING)
@@ -325,24 +333,34 @@ class PipelineConsumer(faust_aiokafka.Consumer):
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
 
-    def _positions(self, topics: frozenset[str]) -> dict[TP, int]:
-        """The aiokafka consumer's fetch positions of ``topics``' assigned partitions (it lives on
-        Faust's consumer thread; between two of our fetches only our own calls move them)."""
+    def _fetch_state(self, topics: frozenset[str]) -> tuple[dict[TP, int], dict[TP, FetchView]]:
+        """What aiokafka's consumer (on Faust's consumer thread) knows of ``topics``' assigned
+        partitions right after our fetch: fetch positions (between two of our fetches only our own
+        calls move them), and per partition the stamp, high watermark and broker of the newest fetch
+        response (the stamp is read before the high watermark, which aiokafka sets first: a torn
+        read pairs an older stamp with a newer high watermark, which only delays the fast path)."""
         try:
             kafka: Any = self._thread._consumer
             if kafka is None:
-                return {}
+                return {}, {}
             assignment = kafka._subscription.subscription.assignment
-            positions = {}
+            leader_for = kafka._client.cluster.leader_for_partition
+            positions: dict[TP, int] = {}
+            views: dict[TP, FetchView] = {}
             for tp in self.assignment():
                 if tp.topic in topics:
                     state = assignment.state_value(tp)
-                    if state is not None and state.has_valid_position:
+                    if state is None:
+                        continue
+                    if state.has_valid_position:
                         positions[tp] = state.position
-            return positions
+                    stamp = state.timestamp
+                    if stamp is not None:
+                        views[tp] = FetchView(stamp, state.highwater, leader_for(tp))
+            return positions, views
         except AttributeError as exc:  # rebalancing (no subscription), or aiokafka moved its internals
             if self.app.rebalancing:
-                return {}
+                return {}, {}
             if not self._positions_warned:
                 self._positions_warned = True
                 self.log.warning(
@@ -351,7 +369,7 @@ class PipelineConsumer(faust_aiokafka.Consumer):
                     exc,
                     version("aiokafka"),
                 )
-            return {}
+            return {}, {}
 
     def _drop_stale(self, undelivered: int) -> None:
         # Not marked read: the seek that made the batch stale (done, or due with the rebalance)

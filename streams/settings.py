@@ -82,7 +82,9 @@ class Settings(BaseSettings):
     )
 
     producer_linger_ms: int = Field(
-        default=0, ge=0, description="producer batching delay (the gate batches per fetch; 0 keeps latency low)"
+        default=0,
+        ge=0,
+        description="producer batching delay (the gate batches per fetch; 0 keeps latency low)",
     )
     producer_max_batch_size: int = Field(
         default=1_048_576, ge=16_384, description="bytes per partition batch; small batches stall sends"

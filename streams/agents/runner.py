@@ -30,7 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import TP
 
 from streams.agents.windows import Ownership, WindowScheduler
-from streams.core.aligner import Aligner, RoundPlan
+from streams.core.aligner import Aligner, FetchView, RoundPlan
 from streams.core.pipeline import Pipeline
 from streams.core.processor import Clock, Processor
 from streams.core.records import Output, Source, Step
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 # While a cohort waits for other workers' webhook progress, ask again this often.
 _ROUND_RETRY_SECONDS = 0.05
 _IDLE_SECONDS = 0.5
+_MAX_ROUNDS = 4  # rounds in flight at once
 
 
 class PipelineRunner:
@@ -117,11 +118,15 @@ class PipelineRunner:
         return {(requests, p) for p in paused}
 
     async def on_fetched(
-        self, batches: dict[TP, list[Any]], positions: dict[TP, int], current: Callable[[], bool]
+        self,
+        batches: dict[TP, list[Any]],
+        positions: dict[TP, int],
+        views: dict[TP, FetchView],
+        current: Callable[[], bool],
     ) -> None:
         if not current():
             return
-        step = self.pipeline.feed(batches, time.monotonic(), positions)  # type: ignore[arg-type]
+        step = self.pipeline.feed(batches, time.monotonic(), positions, views)  # type: ignore[arg-type]
         if self.aligner.enabled and any(tp.topic == self.topo.requests.name for tp in batches):
             self._wake.set()
         await self._emit(step)
@@ -234,7 +239,7 @@ class PipelineRunner:
         queue = self._webhook_acks.get(partition)
         advanced = False
         while queue and queue[0][1][0] <= 0:
-            self.aligner.webhooks_on_broker(partition, queue.popleft()[0])
+            self.aligner.webhooks_on_broker(partition, queue.popleft()[0], int(1000 * time.time()))
             advanced = True
         if advanced:
             self._wake.set()
@@ -254,33 +259,56 @@ class PipelineRunner:
     # -- ordering rounds --------------------------------------------------------------------------
 
     async def run_rounds(self) -> None:
-        """Held requests: ask Kafka what they wait for, release them when it is applied or at the limit."""
-        while True:
-            timeout = _IDLE_SECONDS
-            expiry = self.aligner.next_expiry()
-            if expiry is not None:
-                timeout = max(0.0, min(timeout, expiry - time.monotonic()))
-            if self.aligner.has_waiting:
-                timeout = min(timeout, _ROUND_RETRY_SECONDS)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            self._wake.clear()
-            if not self.pipeline.ready or self.app.rebalancing:
-                continue
-            await self._emit(self.pipeline.release(time.monotonic()))  # the hold limit
-            plan = self.pipeline.plan_round()
-            if plan is None:
-                continue
-            try:
-                remote, webhook_ends, inbound_ends = await self._read_round(plan)
-            except Exception as exc:  # the broker may be away for a while: held requests wait, bounded
-                log.warning("ordering round failed (%s); held requests wait and retry", type(exc).__name__)
-                self.aligner.abandon_round(plan)
-                await asyncio.sleep(_ROUND_RETRY_SECONDS)
-                continue
-            await self._emit(
-                self.pipeline.complete_round(plan, remote, webhook_ends, inbound_ends, time.monotonic())
-            )
+        """Held requests: ask Kafka what they wait for, release them when it is applied or at the limit.
+
+        Requests that arrive are asked about at once, each batch in a round of its own (rounds may
+        overlap, up to ``_MAX_ROUNDS``): a request never waits for another's round trip. Cohorts still
+        waiting for webhook progress are asked about again every ``_ROUND_RETRY_SECONDS``."""
+        rounds: set[asyncio.Task[None]] = set()
+        last_retry = 0.0
+        try:
+            while True:
+                timeout = _IDLE_SECONDS
+                expiry = self.aligner.next_expiry()
+                if expiry is not None:
+                    timeout = max(0.0, min(timeout, expiry - time.monotonic()))
+                if self.aligner.has_waiting:
+                    timeout = min(timeout, _ROUND_RETRY_SECONDS)
+                if not self.aligner.has_arrivals or len(rounds) >= _MAX_ROUNDS:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout)
+                self._wake.clear()
+                if not self.pipeline.ready or self.app.rebalancing:
+                    continue
+                now = time.monotonic()
+                await self._emit(self.pipeline.release(now))  # the hold limit
+                if len(rounds) >= _MAX_ROUNDS:
+                    continue
+                retry = self.aligner.has_waiting and now - last_retry >= _ROUND_RETRY_SECONDS
+                plan = self.pipeline.plan_round(retry)
+                if plan is None:
+                    continue
+                if retry:
+                    last_retry = now
+                task = asyncio.create_task(self._round(plan))
+                rounds.add(task)
+                task.add_done_callback(rounds.discard)
+                task.add_done_callback(lambda _: self._wake.set())  # a free slot, maybe new arrivals
+        finally:
+            for task in rounds:
+                task.cancel()
+
+    async def _round(self, plan: RoundPlan) -> None:
+        try:
+            remote, webhook_ends, inbound_ends = await self._read_round(plan)
+        except Exception as exc:  # the broker may be away for a while: held requests wait, bounded
+            log.warning("ordering round failed (%s); held requests wait and retry", type(exc).__name__)
+            self.aligner.abandon_round(plan)
+            await asyncio.sleep(_ROUND_RETRY_SECONDS)
+            return
+        await self._emit(
+            self.pipeline.complete_round(plan, remote, webhook_ends, inbound_ends, time.monotonic())
+        )
 
     async def _read_round(self, plan: RoundPlan) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
         remote: dict[int, int] = {}

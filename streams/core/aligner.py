@@ -34,6 +34,15 @@ from dataclasses import dataclass, field
 from streams.core.records import InputRecord
 
 
+@dataclass(frozen=True, slots=True)
+class FetchView:
+    """What the consumer knew of one partition right after a fetch."""
+
+    stamp: int  # wall-clock ms at which the newest fetch response covering it was processed
+    highwater: int | None  # that response's high watermark
+    leader: int | None  # the broker it is fetched from
+
+
 @dataclass(slots=True, eq=False)
 class Cohort:
     partitions: set[int]
@@ -48,6 +57,7 @@ class Held:
     since: float  # monotonic seconds when it arrived
     cohort: Cohort | None = None
     gone: bool = False  # released or dropped
+    fetched: FetchView | None = None  # its request partition's view when it arrived
 
     def leave(self) -> None:
         self.gone = True
@@ -84,6 +94,7 @@ class Aligner:
         self._held: dict[int, deque[Held]] = {}
         self._applied: dict[int, int] = {}  # wa.inbound partition -> next offset to apply (known)
         self._local: dict[int, int] = {}  # own wa.webhooks partition -> normalized, acknowledged up to
+        self._local_at: dict[int, int] = {}  # ... and when that was acknowledged (wall ms)
         self._arrivals: list[Held] = []
         self._waiting: list[Cohort] = []
         self._paused: set[int] = set()
@@ -94,10 +105,12 @@ class Aligner:
 
     # -- what the pipeline and the adapter report ---------------------------------------------------
 
-    def hold(self, partition: int, records: Iterable[InputRecord], now: float) -> None:
+    def hold(
+        self, partition: int, records: Iterable[InputRecord], now: float, fetched: FetchView | None = None
+    ) -> None:
         queue = self._held.setdefault(partition, deque())
         for record in records:
-            held = Held(record, now)
+            held = Held(record, now, fetched=fetched)
             queue.append(held)
             if self.enabled:
                 self._arrivals.append(held)
@@ -106,10 +119,59 @@ class Aligner:
         if next_offset > self._applied.get(partition, -1):
             self._applied[partition] = next_offset
 
-    def webhooks_on_broker(self, partition: int, next_offset: int) -> None:
-        """The events of this worker's bodies below ``next_offset`` are acknowledged by Kafka."""
+    def webhooks_on_broker(self, partition: int, next_offset: int, at_ms: int = 0) -> None:
+        """The events of this worker's bodies below ``next_offset`` are acknowledged by Kafka (at
+        ``at_ms``, wall clock)."""
         if partition in self._local and next_offset > self._local[partition]:
             self._local[partition] = next_offset
+            self._local_at[partition] = at_ms
+
+    def resolve_from_fetches(
+        self, inbound: Mapping[int, FetchView], webhooks: Mapping[int, FetchView]
+    ) -> None:
+        """The fast path (Kafka Streams' way, KIP-695, made exact): no round trip when the consumer's
+        own fetches already prove what a request waits for.
+
+        The consumer fetches from one broker one request at a time and asks for every partition it
+        has nothing buffered for. So a response processed after the one that delivered a request
+        (a later ``stamp``, same broker) was *requested* after that request was written, and its high
+        watermark covers everything written before the request. That gives the barrier directly,
+        when: the request's wa.inbound partition, and every wa.webhooks partition, were answered by
+        such a later response from the same broker; every wa.webhooks partition is this worker's and
+        normalized up to that high watermark; and that progress was acknowledged before the request
+        arrived (so its events were on the broker before the later response was requested). Anything
+        else (other brokers, other workers' webhook partitions, webhooks in flight) goes by rounds.
+        """
+        if len(self._local) < self.partitions or not self._arrivals:
+            return
+        for w in range(self.partitions):
+            view = webhooks.get(w)
+            if view is None or view.highwater is None or view.highwater > self._local[w]:
+                return
+        remaining = []
+        for held in self._arrivals:
+            if held.gone:
+                continue
+            barrier = self._fetched_barrier(held, inbound, webhooks)
+            if barrier is None:
+                remaining.append(held)
+            else:
+                held.cohort = Cohort({held.record.partition}, {}, {held.record.partition: barrier}, live=1)
+        self._arrivals = remaining
+
+    def _fetched_barrier(
+        self, held: Held, inbound: Mapping[int, FetchView], webhooks: Mapping[int, FetchView]
+    ) -> int | None:
+        arrived = held.fetched
+        if arrived is None or arrived.leader is None:
+            return None
+        view = inbound.get(held.record.partition)
+        if view is None or view.highwater is None or not _later(view, arrived):
+            return None
+        for w in range(self.partitions):
+            if not _later(webhooks[w], arrived) or self._local_at.get(w, 0) >= arrived.stamp:
+                return None
+        return view.highwater
 
     def reset_inbound(self, partition: int, position: int | None) -> None:
         """Assigned or sought: records from ``position`` on will be read (None: not ours any more)."""
@@ -122,6 +184,7 @@ class Aligner:
     def reset_webhooks(self, partition: int, position: int | None) -> None:
         """Bodies below a committed position were normalized and flushed by whoever committed it."""
         self.epoch += 1
+        self._local_at.pop(partition, None)  # bodies below a committed offset were flushed long ago
         if position is None:
             self._local.pop(partition, None)
         else:
@@ -136,15 +199,18 @@ class Aligner:
 
     # -- rounds -----------------------------------------------------------------------------------
 
-    def plan_round(self) -> RoundPlan | None:
-        """The next round's queries; None when no request waits for one."""
+    def plan_round(self, retry: bool = True) -> RoundPlan | None:
+        """The next round's queries; None when no request waits for one. ``retry`` False: only for
+        requests that arrived since the last round (cohorts waiting for webhook progress are asked
+        about on their own, slower, beat)."""
         self._waiting = [cohort for cohort in self._waiting if cohort.live > 0]
         arrivals = [held for held in self._arrivals if not held.gone]
         self._arrivals = []
-        if not arrivals and not self._waiting:
+        waiting = list(self._waiting) if retry else []
+        if not arrivals and not waiting:
             return None
         inbound = {held.record.partition for held in arrivals}
-        for cohort in self._waiting:
+        for cohort in waiting:
             inbound |= cohort.partitions
         return RoundPlan(
             epoch=self.epoch,
@@ -153,7 +219,7 @@ class Aligner:
             remote_webhooks=[w for w in range(self.partitions) if w not in self._local],
             webhooks=list(range(self.partitions)),
             inbound=sorted(inbound),
-            waiting=list(self._waiting),
+            waiting=waiting,
         )
 
     def complete_round(
@@ -170,25 +236,32 @@ class Aligner:
             self.abandon_round(plan)
             return
         progress = {**remote_progress, **plan.local_progress}
-        cohorts = list(plan.waiting)
+        # Rounds may overlap (each arrival is asked about at once): a cohort another round already
+        # resolved is skipped; a later round's answer is as good as an earlier one's (only larger).
+        cohorts = [cohort for cohort in plan.waiting if cohort.barrier is None]
         arrivals = [held for held in plan.arrivals if not held.gone]
+        new: Cohort | None = None
         if arrivals:
-            cohort = Cohort({held.record.partition for held in arrivals}, dict(webhook_ends))
+            new = Cohort({held.record.partition for held in arrivals}, dict(webhook_ends))
             for held in arrivals:
-                held.cohort = cohort
-            cohort.live = len(arrivals)
-            cohorts.append(cohort)
-        waiting = []
+                held.cohort = new
+            new.live = len(arrivals)
+            cohorts.append(new)
         for cohort in cohorts:
             if all(progress.get(w, 0) >= end for w, end in cohort.targets.items()):
                 cohort.barrier = {p: inbound_ends[p] for p in cohort.partitions}
-            else:
-                waiting.append(cohort)
-        self._waiting = waiting
+                if cohort in self._waiting:
+                    self._waiting.remove(cohort)
+            elif cohort is new:
+                self._waiting.append(cohort)
 
     def abandon_round(self, plan: RoundPlan) -> None:
         """The round's reads failed: its arrivals wait for the next round."""
         self._arrivals = plan.arrivals + self._arrivals
+
+    @property
+    def has_arrivals(self) -> bool:
+        return any(not held.gone for held in self._arrivals)
 
     @property
     def has_waiting(self) -> bool:
@@ -234,3 +307,8 @@ class Aligner:
             elif len(queue) <= self.max_held // 2:
                 self._paused.discard(partition)
         return self._paused
+
+
+def _later(view: FetchView, arrived: FetchView) -> bool:
+    """A response from the same broker, processed after the one that delivered the request."""
+    return view.leader == arrived.leader and view.stamp > arrived.stamp

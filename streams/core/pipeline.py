@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from streams.core.aligner import Aligner, RoundPlan
+from streams.core.aligner import Aligner, FetchView, RoundPlan
 from streams.core.processor import Processor
 from streams.core.records import InputRecord, Source, Step
 from streams.metrics import GateMetrics
@@ -42,10 +42,13 @@ class Pipeline:
         batches: Mapping[tuple[str, int], Sequence[InputRecord]],
         now: float,
         positions: Mapping[tuple[str, int], int] | None = None,
+        views: Mapping[tuple[str, int], FetchView] | None = None,
     ) -> Step:
         """Records as fetched, per (topic, partition), in offset order; ``now`` is monotonic seconds.
         ``positions``: where the consumer's next fetch starts, per (topic, partition), read after this
-        fetch: past its records and past transaction markers, whose offsets hold no record."""
+        fetch: past its records and past transaction markers, whose offsets hold no record.
+        ``views``: what the consumer knew of each partition after this fetch (the fast path)."""
+        views = views or {}
         step = Step()
         out = step.outputs
         processor = self.processor
@@ -71,11 +74,19 @@ class Pipeline:
             next_offset = records[-1].offset + 1
             step.done[(Source.WEBHOOKS, partition)] = next_offset
             step.webhooks_done[partition] = next_offset
+        requests_topic = self.processor.topo.requests.name
         for partition, records in requests:
-            self.aligner.hold(partition, records, now)
+            self.aligner.hold(partition, records, now, views.get((requests_topic, partition)))
         for (topic, partition), position in (positions or {}).items():
             if self.sources.get(topic) is Source.INBOUND:
                 self.aligner.applied(partition, position)
+        if views:
+            by_source: dict[Source, dict[int, FetchView]] = {Source.INBOUND: {}, Source.WEBHOOKS: {}}
+            for (topic, partition), view in views.items():
+                by_topic = self.sources.get(topic)
+                if by_topic is not None and by_topic in by_source:
+                    by_source[by_topic][partition] = view
+            self.aligner.resolve_from_fetches(by_source[Source.INBOUND], by_source[Source.WEBHOOKS])
         self._release(now, step)
         return step
 
@@ -100,8 +111,8 @@ class Pipeline:
 
     # -- rounds (the adapter does the reading in between) ------------------------------------------
 
-    def plan_round(self) -> RoundPlan | None:
-        return self.aligner.plan_round()
+    def plan_round(self, retry: bool = True) -> RoundPlan | None:
+        return self.aligner.plan_round(retry)
 
     def complete_round(
         self,

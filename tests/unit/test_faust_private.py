@@ -50,6 +50,6 @@ def test_every_private_member_used_in_the_module_is_checked() -> None:
         re.findall(r"(?:self|super\(\)|store|app\.producer|cast\(Service, \w+\))\.(_[a-z][a-z_]+)", source)
     )
     own = {"_fetch_lock", "_seeks", "_fetch", "_current", "_drop_stale", "_deliver_to_faust", "_deliver"}
-    own.add("_report_positions")
+    own |= {"_report_positions", "_fetch_state", "_positions_warned"}
     checked = {member for _, member in faust_private._REQUIRED}
     assert used - own - checked == set()

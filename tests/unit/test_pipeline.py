@@ -10,7 +10,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.core.aligner import Aligner
+from streams.core.aligner import Aligner, FetchView
 from streams.core.pipeline import Pipeline
 from streams.core.processor import Processor
 from streams.core.records import Output, Record, Source, Step
@@ -95,12 +95,24 @@ class Harness:
             self.aligner.webhooks_on_broker(partition, offset)
 
     def feed(
-        self, records: Sequence[Record], now: float = 0.0, positions: dict[tuple[str, int], int] | None = None
+        self,
+        records: Sequence[Record],
+        now: float = 0.0,
+        positions: dict[tuple[str, int], int] | None = None,
+        views: dict[tuple[str, int], FetchView] | None = None,
     ) -> None:
         batches: dict[tuple[str, int], list[Record]] = {}
         for record in records:
             batches.setdefault((record.topic, record.partition), []).append(record)
-        self.take(self.pipeline.feed(batches, now, positions))
+        self.take(self.pipeline.feed(batches, now, positions, views))
+
+    def views(self, stamp: int, leader: int = 1) -> dict[tuple[str, int], FetchView]:
+        """Every partition as a fetch response at ``stamp`` from broker ``leader`` would show it."""
+        return {
+            (spec.name, p): FetchView(stamp, self.log.end(spec.name, p), leader)
+            for spec in (self.topo.inbound, self.topo.webhooks, self.topo.requests)
+            for p in range(PARTITIONS)
+        }
 
     def round(self, now: float = 0.0, remote: Mapping[int, int] | None = None) -> bool:
         plan = self.pipeline.plan_round()
@@ -284,6 +296,66 @@ def test_a_full_partition_is_paused_until_half_is_decided() -> None:
     assert len(h.decisions()) == 6
 
 
+def test_overlapping_rounds_answer_in_any_order() -> None:
+    h = Harness()
+    opener = h.opener("ida")
+    h.feed([h.request("ida", "r1")])
+    first = h.pipeline.plan_round(retry=False)
+    h.feed([h.request("ida", "r2")])
+    second = h.pipeline.plan_round(retry=False)
+    assert first is not None and second is not None
+    ends = {p: h.log.end(h.topo.inbound.name, p) for p in range(PARTITIONS)}
+    h.take(h.pipeline.complete_round(second, {}, {0: 0, 1: 0}, ends, 0.0))
+    assert h.decisions() == {}, "r2 waits behind r1, and both behind the opener"
+    h.take(h.pipeline.complete_round(first, {}, {0: 0, 1: 0}, ends, 0.0))
+    h.feed([opener])
+    assert list(h.decisions()) == ["r1", "r2"]
+    assert h.done[(Source.REQUESTS, h.key("ida")[1])] == 2
+
+
+def test_a_cohort_waiting_for_webhooks_is_resolved_by_a_later_round() -> None:
+    h = Harness()
+    h.pipeline.reset(h.topo.webhooks.name, 0, None)  # another worker's partition
+    h.log.write(h.topo.webhooks.name, 0, PNID, {"object": "x"})
+    h.feed([h.request("jo", "r1")])
+    h.round(remote={0: 0})
+    assert h.aligner.has_waiting and h.decisions() == {}
+    assert h.pipeline.plan_round(retry=False) is None, "nothing new arrived"
+    h.round(remote={0: 1})  # the other worker committed the body
+    assert not h.aligner.has_waiting
+    assert list(h.decisions()) == ["r1"]
+
+
+def test_a_later_fetch_response_from_the_same_broker_is_the_barrier_without_a_round() -> None:
+    h = Harness()
+    opener = h.opener("kim")
+    request = h.request("kim", "r1")
+    h.feed([request], views=h.views(stamp=100))
+    h.feed([], views=h.views(stamp=100))  # the same response: proves nothing yet
+    assert h.aligner.has_arrivals
+    h.feed([], views=h.views(stamp=101))  # requested after the request was written
+    assert not h.aligner.has_arrivals and h.pipeline.plan_round() is None, "no round needed"
+    assert h.decisions() == {}
+    h.feed([opener])
+    assert h.decisions()["r1"]["reason"] == "window_open"
+    assert h.done[(Source.REQUESTS, request.partition)] == 1
+
+
+def test_the_fast_path_stays_out_of_what_it_cannot_prove() -> None:
+    h = Harness()
+    h.opener("lou")
+    h.feed([h.request("lou", "r1")], views=h.views(stamp=100, leader=1))
+    h.feed([], views=h.views(stamp=101, leader=2))  # another broker: its reads are not ordered
+    assert h.aligner.has_arrivals
+    h.log.write(h.topo.webhooks.name, 0, PNID, {"object": "x"})  # a body not normalized yet
+    h.feed([], views=h.views(stamp=102, leader=1))
+    assert h.aligner.has_arrivals, "a body below the high watermark is not normalized"
+    h.aligner.webhooks_on_broker(0, 1, at_ms=150)  # normalized, acknowledged after the request came
+    h.feed([], views=h.views(stamp=160, leader=1))
+    assert h.aligner.has_arrivals, "its events may have landed after the later response was requested"
+    assert h.decisions() == {}
+
+
 def test_a_seek_drops_held_requests_and_voids_the_round_in_flight() -> None:
     h = Harness()
     request = h.request("fay", "r1")
@@ -347,14 +419,19 @@ def test_every_request_sees_every_opener_written_before_it(
             # an opener written after the request may or may not have been read by its decision
         written += 1
 
+    stamp = 0
+
     def fetch(topic: str, everything: bool = False) -> None:
-        for (t, p), log in h.log.records.items():
+        nonlocal stamp
+        stamp += 1  # a new fetch response: what it shows of every partition is as written by now
+        views = h.views(stamp) if rnd.random() < 0.5 else None
+        for (t, p), log in list(h.log.records.items()):
             if t != topic:
                 continue
             start = positions.get((t, p), 0)
             end = len(log) if everything else rnd.randint(start, len(log))
             positions[(t, p)] = end
-            h.feed(log[start:end])
+            h.feed(log[start:end], views=views)
 
     for step in actions:
         if step == "write" and written < len(writes):
