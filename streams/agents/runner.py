@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 _ROUND_RETRY_SECONDS = 0.05
 _IDLE_SECONDS = 0.5
 _MAX_ROUNDS = 4  # rounds in flight at once
+# How long a request waits for the fast path before it gets a round of its own.
+_ROUND_GRACE_SECONDS = 0.002
 
 
 class PipelineRunner:
@@ -261,39 +263,43 @@ class PipelineRunner:
     async def run_rounds(self) -> None:
         """Held requests: ask Kafka what they wait for, release them when it is applied or at the limit.
 
-        Requests that arrive are asked about at once, each batch in a round of its own (rounds may
-        overlap, up to ``_MAX_ROUNDS``): a request never waits for another's round trip. Cohorts still
-        waiting for webhook progress are asked about again every ``_ROUND_RETRY_SECONDS``."""
+        A request the fast path (the consumer's next fetch response) has not resolved within
+        ``_ROUND_GRACE_SECONDS`` gets a round: under traffic the next response comes first and no
+        round is spent, when the gate is idle the round answers in one ListOffsets round trip. Rounds
+        may overlap (up to ``_MAX_ROUNDS``). Cohorts still waiting for other workers' webhook progress
+        are asked about again every ``_ROUND_RETRY_SECONDS``."""
         rounds: set[asyncio.Task[None]] = set()
         last_retry = 0.0
         try:
             while True:
+                self._wake.clear()
+                now = time.monotonic()
+                oldest = self.aligner.oldest_arrival()
+                if not self.pipeline.ready or self.app.rebalancing:
+                    await asyncio.sleep(_ROUND_RETRY_SECONDS)  # nothing is decided meanwhile
+                    continue
+                await self._emit(self.pipeline.release(now))  # the hold limit
+                retry = self.aligner.has_waiting and now - last_retry >= _ROUND_RETRY_SECONDS
+                due = oldest is not None and now - oldest >= _ROUND_GRACE_SECONDS
+                if (due or retry) and len(rounds) < _MAX_ROUNDS:
+                    plan = self.pipeline.plan_round(retry)
+                    if plan is not None:
+                        last_retry = now if retry else last_retry
+                        task = asyncio.create_task(self._round(plan))
+                        rounds.add(task)
+                        task.add_done_callback(rounds.discard)
+                        task.add_done_callback(lambda _: self._wake.set())  # a free slot
+                        continue
                 timeout = _IDLE_SECONDS
                 expiry = self.aligner.next_expiry()
                 if expiry is not None:
-                    timeout = max(0.0, min(timeout, expiry - time.monotonic()))
+                    timeout = min(timeout, expiry - now)
                 if self.aligner.has_waiting:
                     timeout = min(timeout, _ROUND_RETRY_SECONDS)
-                if not self.aligner.has_arrivals or len(rounds) >= _MAX_ROUNDS:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout)
-                self._wake.clear()
-                if not self.pipeline.ready or self.app.rebalancing:
-                    continue
-                now = time.monotonic()
-                await self._emit(self.pipeline.release(now))  # the hold limit
-                if len(rounds) >= _MAX_ROUNDS:
-                    continue
-                retry = self.aligner.has_waiting and now - last_retry >= _ROUND_RETRY_SECONDS
-                plan = self.pipeline.plan_round(retry)
-                if plan is None:
-                    continue
-                if retry:
-                    last_retry = now
-                task = asyncio.create_task(self._round(plan))
-                rounds.add(task)
-                task.add_done_callback(rounds.discard)
-                task.add_done_callback(lambda _: self._wake.set())  # a free slot, maybe new arrivals
+                if oldest is not None and len(rounds) < _MAX_ROUNDS:
+                    timeout = min(timeout, oldest + _ROUND_GRACE_SECONDS - now)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), max(0.0, timeout))
         finally:
             for task in rounds:
                 task.cancel()

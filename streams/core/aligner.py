@@ -261,7 +261,17 @@ class Aligner:
 
     @property
     def has_arrivals(self) -> bool:
-        return any(not held.gone for held in self._arrivals)
+        return self.oldest_arrival() is not None
+
+    def oldest_arrival(self) -> float | None:
+        """When the oldest request still without a cohort arrived (monotonic), if any."""
+        arrivals = self._arrivals
+        gone = 0
+        while gone < len(arrivals) and (arrivals[gone].gone or arrivals[gone].cohort is not None):
+            gone += 1
+        if gone:
+            del arrivals[:gone]
+        return arrivals[0].since if arrivals else None
 
     @property
     def has_waiting(self) -> bool:
