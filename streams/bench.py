@@ -3,8 +3,8 @@
 Phase A (throughput): a backlog of inbound events and requests is produced first, then the system
 under test starts and drains it; decisions/s = decisions / (last arrival - first arrival), and the
 process's CPU seconds from its first to its last decision, per 100,000 decisions.
-Phase B (latency): with the system running, requests are produced at a fixed pace and each one's
-produce time -> decision arrival is measured (p50/p99).
+Phase B (latency): with the system running, 5 s after phase A, requests are produced at a fixed
+pace and each one's produce time -> decision arrival is measured (p50/p99).
 Phase C (ordering under an inbound backlog): 40,000 status events are queued on wa.inbound, then 100
 contacts each write (acknowledged) and get a free-form request at once: how many come out
 ``window_open`` (right) and how long they took. The reference has no ordering: it shows the cost of
@@ -174,6 +174,8 @@ def _child_env(settings: Settings, prefix: str, data_dir: str) -> dict[str, str]
     return env
 
 
+SETTLE_SECONDS = 5.0
+
 # The systems measured: how each starts, and extra settings.
 SYSTEMS: dict[str, tuple[list[str], dict[str, str]]] = {
     "reference": (["-m", "streams.bench", "reference"], {}),
@@ -315,7 +317,9 @@ async def measure(
         first, last = min(arrivals.values()), max(arrivals.values())
         throughput = len(arrivals) / (last - first)
 
-        # Phase B: paced requests, produce time -> decision arrival.
+        # Phase B: paced requests, produce time -> decision arrival, once the drain's aftermath (RocksDB
+        # compactions, the broker's segment work) has settled: steady-state latency, for every system.
+        await asyncio.sleep(SETTLE_SECONDS)
         produced: dict[str, float] = {}
         paced_arrivals: dict[str, float] = {}
         collector = asyncio.create_task(

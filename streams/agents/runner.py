@@ -51,7 +51,7 @@ _ROUND_RETRY_SECONDS = 0.05
 _IDLE_SECONDS = 0.5
 _MAX_ROUNDS = 4  # rounds in flight at once
 # How long a request waits for the fast path before it gets a round of its own.
-_ROUND_GRACE_SECONDS = 0.002
+_ROUND_GRACE_SECONDS = 0.003
 
 
 class PipelineRunner:
