@@ -1,1 +1,2 @@
-"""Thin Faust agents: decode, call the policy, encode, produce."""
+"""The adapters around the pipeline core: the runner (Kafka in and out), the window timetable, the
+template registry follower."""

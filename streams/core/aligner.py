@@ -17,6 +17,9 @@ Kafka's log order is what "written before" means here, so the aligner works with
    after the snapshot, so after those bodies' events were acknowledged) are the cohort's *barrier*.
 4. A request is ready when its partition's inbound events are applied up to its barrier.
 
+The fast path (``resolve_from_fetches``) needs no round: a later fetch response from the same broker
+gives the barrier directly when it can be proved to (see there); a round is the fallback.
+
 Inbound records are never held: they are applied as soon as they are read, so a request also sees
 events written after it that were already read (the gate decides on the wall clock: the freshest
 state is the right one). Requests leave in offset order per partition. A request held longer than
