@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from .harness import Broker, Gate
+from .harness import Broker, Gate, Worker, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -106,3 +106,21 @@ def text_request(pnid: str, to: str, request_id: str, **extra: Any) -> dict[str,
         "created_at": time.time(),
         **extra,
     }
+
+
+@pytest.fixture
+def two_workers(bootstrap: str, workdir: Path) -> Iterator[tuple[Gate, Worker]]:
+    """A gate with two workers on its partitions (each started, the second ready)."""
+    gate = Gate(bootstrap, workdir)
+    start_and_wait(gate)
+    settings = gate.settings.model_copy(
+        update={"data_dir": workdir / gate.prefix / "second", "web_port": free_port()}
+    )
+    second = Worker(settings, workdir / f"{gate.prefix}second.log")
+    second.start()
+    try:
+        second.wait_for_log("Worker ready", timeout=120)
+        yield gate, second
+    finally:
+        second.stop()
+        gate.worker.stop()

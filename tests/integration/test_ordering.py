@@ -14,7 +14,7 @@ import pytest
 from streams.policy.keys import partition_for
 
 from .conftest import inbound, start_and_wait, text_request
-from .harness import Gate
+from .harness import Gate, Worker
 from .test_webhooks import envelope, status, user_message
 
 FALLBACK = {"name": "follow_up", "language": {"code": "en_US"}, "components": []}
@@ -163,3 +163,39 @@ def test_ten_times_more_requests_than_inbound_with_small_hold_queues(new_gate: A
     start_and_wait(gate)
     decided = reasons(gate, rids, timeout=180)
     assert {rid: r for rid, r in decided.items() if r != ["window_open"]} == {}
+
+
+def test_webhook_bodies_on_another_workers_partition_come_before_the_reply(
+    two_workers: tuple[Gate, Worker],
+) -> None:
+    """Two workers: the bodies' wa.webhooks partition and a reply's contact are, for at least one of
+    the replies, owned by different workers; the reply waits for the other worker's commit."""
+    gate, second = two_workers
+    pnid = f"pn{uuid.uuid4().hex[:8]}"
+    partitions = gate.settings.partitions
+    bodies_partition = partition_for(pnid, partitions)  # wa.webhooks is keyed by phone_number_id
+    users: dict[int, str] = {}
+    for i in range(1_000):  # one contact on every other partition: one of them is the other worker's
+        p = partition_for(f"{pnid}:r{i}", partitions)
+        if p != bodies_partition:
+            users.setdefault(p, f"r{i}")
+    probes = [f"{pnid}-probe-{p}" for p in users]
+    for user, rid in zip(users.values(), probes, strict=True):
+        gate.produce(gate.topo.requests.name, f"{pnid}:{user}", text_request(pnid, user, rid))
+    gate.decisions(probes, timeout=120)  # both workers are deciding: the rebalance is over
+    now = time.time()
+    gate.produce_bulk(
+        (gate.topo.webhooks.name, pnid, envelope(pnid, statuses=[status(f"s{i % 200}", now - 60, "read")]))
+        for i in range(10_000)
+    )
+    rids = []
+    for user in users.values():
+        gate.produce(
+            gate.topo.webhooks.name, pnid, envelope(pnid, messages=[user_message(user, time.time())])
+        )
+        rid = f"{pnid}-{user}"
+        gate.produce(gate.topo.requests.name, f"{pnid}:{user}", text_request(pnid, user, rid))
+        rids.append(rid)
+    assert reasons(gate, rids) == {rid: ["window_open"] for rid in rids}
+    past_limit = gate.worker.metric_sum("wagate_decisions_past_hold_limit_total")
+    assert past_limit + second.metric_sum("wagate_decisions_past_hold_limit_total") == 0

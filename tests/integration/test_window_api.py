@@ -6,17 +6,13 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from streams.models import WindowReport
 from streams.policy.keys import partition_for
 
-from .conftest import inbound, start_and_wait, text_request
-from .harness import Gate, Worker, free_port, wagate
+from .conftest import inbound, text_request
+from .harness import Gate, Worker, wagate
 
 HOUR = 3600.0
 
@@ -27,23 +23,6 @@ def ask(port: int, pnid: str, user: str) -> dict[str, Any] | None:
             return dict(json.loads(response.read()))
     except (urllib.error.URLError, OSError):
         return None  # mid-rebalance a worker may answer 503
-
-
-@pytest.fixture
-def two_workers(bootstrap: str, workdir: Path) -> Iterator[tuple[Gate, Worker]]:
-    gate = Gate(bootstrap, workdir)
-    start_and_wait(gate)
-    settings = gate.settings.model_copy(
-        update={"data_dir": workdir / gate.prefix / "second", "web_port": free_port()}
-    )
-    second = Worker(settings, workdir / f"{gate.prefix}second.log")
-    second.start()
-    try:
-        second.wait_for_log("Worker ready", timeout=120)
-        yield gate, second
-    finally:
-        second.stop()
-        gate.worker.stop()
 
 
 def test_both_workers_answer_for_every_contact_and_the_cli_prints_it(
