@@ -332,9 +332,11 @@ def decide_invalid(invalid: InvalidPayload, record_key: str | None, now: float) 
         value = received.get(name)
         return value if isinstance(value, str) else None
 
+    # As the schema reads it: omitted means "individual"; a value that is neither is unknown (null).
     recipient_type: RecipientType | None = None
-    if received.get("recipient_type") in ("individual", "group"):
-        recipient_type = received["recipient_type"]
+    given = received.get("recipient_type", "individual")
+    if given in ("individual", "group"):
+        recipient_type = given
     return trusted(
         Decision,
         request_id=invalid.request_id,

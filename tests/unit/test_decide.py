@@ -135,6 +135,16 @@ def test_invalid_request_with_readable_id_is_rejected_naming_the_field() -> None
     assert "'origin'" in d.detail and d.request_id == "r1" and d.request == request_obj(origin="robot")
 
 
+def test_an_invalid_request_that_omitted_recipient_type_carries_the_schemas_default() -> None:
+    omitted = parse_send_request(orjson.dumps(request_obj(origin="robot")))
+    wrong = parse_send_request(orjson.dumps(request_obj(origin="robot", recipient_type="crowd")))
+    group = parse_send_request(orjson.dumps(request_obj(origin="robot", recipient_type="group")))
+    assert isinstance(omitted, InvalidPayload) and isinstance(wrong, InvalidPayload)
+    assert isinstance(group, InvalidPayload)
+    decided = [decide_invalid(parsed, None, T0) for parsed in (omitted, wrong, group)]
+    assert [d.recipient_type if d else "?" for d in decided] == ["individual", None, "group"]
+
+
 def test_unreadable_request_goes_to_the_dead_letter_topic() -> None:
     parsed = parse_send_request(b"{not json")
     assert isinstance(parsed, InvalidPayload) and parsed.received == "{not json"
