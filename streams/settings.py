@@ -103,6 +103,20 @@ class Settings(BaseSettings):
         description="requests held per partition before the gate stops fetching that request partition",
     )
 
+    instance_id: str | None = Field(
+        default=None,
+        description="static group membership (group.instance.id): a worker restarted with the same id "
+        "gets its partitions back at once instead of after the session timeout; unique per worker (a "
+        "StatefulSet pod name, a host name). Unset: dynamic membership",
+    )
+    session_timeout_seconds: float = Field(
+        default=10.0,
+        ge=6,
+        le=90,  # Faust's request timeout
+        description="how long the group waits for a worker that stopped heartbeating before its "
+        "partitions move (after a crash with dynamic membership, no request of them is decided meanwhile)",
+    )
+
     commit_interval_seconds: float = Field(
         default=1.0, gt=0, description="how often consumed offsets are committed"
     )

@@ -193,3 +193,53 @@ def test_second_worker_joins_mid_stream_then_leaves(
         f"\nRebalance: {len(ids) + len(trickle.ids)} requests, {decided_by_second} on the second worker, "
         f"{outcome['duplicates']} duplicate decisions"
     )
+
+
+def _silence_after_kill(gate: Gate, pnid: str, label: str) -> float:
+    """SIGKILL the worker under a steady load and start it again at once: every request decided (no
+    second send), and the seconds from the kill to the next decision."""
+    start_and_wait(gate)
+    ids = _load(gate, pnid)
+    trickle = _Trickle(gate, pnid)
+    trickle.start()
+    try:
+        _wait_for_some(gate, ids, 300)
+        killed_at = time.time()
+        gate.worker.signal(signal.SIGKILL)
+        gate.worker = gate.new_worker()
+        gate.worker.start()
+        time.sleep(15)  # requests keep coming while it starts
+    finally:
+        trickle.halt.set()
+        trickle.join()
+    try:
+        outcome = _check(gate, pnid, ids + trickle.ids)
+        after = [r.value["decided_at"] for r in gate.all_decisions() if r.value["decided_at"] > killed_at]
+    finally:
+        gate.worker.stop()
+    silence = float(min(after)) - killed_at
+    duplicates = outcome["duplicates"]
+    print(f"\nSIGKILL + restart ({label}): no decision for {silence:.1f} s; {duplicates} duplicates")
+    return silence
+
+
+def test_sigkill_then_restart_with_the_same_instance_id_decides_again_within_seconds(
+    bootstrap: str, workdir: Path, record_property: Callable[[str, object], None]
+) -> None:
+    gate = Gate(bootstrap, workdir, WAGATE_INSTANCE_ID="worker-1")
+    silence = _silence_after_kill(gate, "static", "static membership")
+    record_property("static_membership_silence_seconds", round(silence, 1))
+    # Static membership: the restarted worker takes its partitions back without waiting for the dead
+    # member's session to expire; what is left is the worker's own start-up.
+    assert silence <= 10.0
+
+
+def test_sigkill_then_restart_without_an_instance_id_waits_one_session_timeout(
+    bootstrap: str, workdir: Path, record_property: Callable[[str, object], None]
+) -> None:
+    gate = Gate(bootstrap, workdir, WAGATE_SESSION_TIMEOUT_SECONDS="10")
+    silence = _silence_after_kill(gate, "dynamic", "dynamic membership, 10 s session timeout")
+    record_property("dynamic_membership_silence_seconds", round(silence, 1))
+    # The group waits for the dead member's session to expire before the partitions move (it was a
+    # minute with Faust's default session timeout), then the rebalance and the worker's start-up.
+    assert 8.0 <= silence <= 25.0
