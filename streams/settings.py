@@ -117,6 +117,13 @@ class Settings(BaseSettings):
         "partitions move (after a crash with dynamic membership, no request of them is decided meanwhile)",
     )
 
+    standby_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="standby copies of each state partition kept by other workers (they follow the "
+        "changelog): a worker taking over a dead one's partitions replays only the changelog's tail",
+    )
+
     commit_interval_seconds: float = Field(
         default=1.0, gt=0, description="how often consumed offsets are committed"
     )

@@ -243,3 +243,52 @@ def test_sigkill_then_restart_without_an_instance_id_waits_one_session_timeout(
     # The group waits for the dead member's session to expire before the partitions move (it was a
     # minute with Faust's default session timeout), then the rebalance and the worker's start-up.
     assert 8.0 <= silence <= 25.0
+
+
+def test_a_worker_killed_for_good_its_standby_partner_takes_over(
+    bootstrap: str, workdir: Path, record_property: Callable[[str, object], None]
+) -> None:
+    """Two workers with a standby copy of each other's state; one is killed and stays dead: the
+    survivor decides every request of its partitions, with every window it knew."""
+    env = {"WAGATE_STANDBY_REPLICAS": "1", "WAGATE_SESSION_TIMEOUT_SECONDS": "10"}
+    gate = Gate(bootstrap, workdir, partitions=4, **env)
+    pnid = "standby"
+    start_and_wait(gate)
+    second = Worker(
+        gate.settings.model_copy(
+            update={"data_dir": workdir / gate.prefix / "second", "web_port": free_port()}
+        ),
+        workdir / f"{gate.prefix}second.log",
+        **env,
+    )
+    second.start()
+    try:
+        second.wait_for_log("Worker ready", timeout=120)
+        ids = _load(gate, pnid)
+        trickle = _Trickle(gate, pnid)
+        trickle.start()
+        try:
+            _wait_for_some(gate, ids, 300)
+            assert second.metric_sum("wagate_decisions_total") > 0, "the second worker was given nothing"
+            killed_at = time.time()
+            second.signal(signal.SIGKILL)
+            time.sleep(20)
+        finally:
+            trickle.halt.set()
+            trickle.join()
+        _check(gate, pnid, ids + trickle.ids)
+        first_after: dict[int, float] = {}
+        for record in gate.all_decisions():
+            at = record.value["decided_at"]
+            if at > killed_at and at < first_after.get(record.partition, float("inf")):
+                first_after[record.partition] = at
+    finally:
+        second.stop()
+        gate.worker.stop()
+    takeover = max(first_after.values()) - killed_at
+    record_property("standby_takeover_seconds", round(takeover, 1))
+    print(
+        f"\nWorker killed for good: its partitions decided again after {takeover:.1f} s (standby replicas 1)"
+    )
+    assert len(first_after) == gate.settings.partitions
+    assert takeover <= 30.0
