@@ -158,6 +158,12 @@ class Settings(BaseSettings):
     webhook_produce_timeout_seconds: float = Field(
         default=10.0, gt=0, description="answer 503 (Meta retries) if Kafka has not acked by then"
     )
+    webhook_read_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="a body not fully received by then is answered 408 (slow senders)"
+    )
+    webhook_max_concurrent_requests: int = Field(
+        default=256, ge=1, description="POSTs handled at once; past it the answer is 503 and Meta retries"
+    )
 
     @field_validator("opener_message_types", "group_unsupported_types")
     @classmethod

@@ -129,13 +129,29 @@ def create_receiver(settings: Settings, sink: KafkaSink | None = None) -> web.Ap
             )
         return answer("handshake", 200, query["hub.challenge"])
 
+    read_timeout = settings.webhook_read_timeout_seconds
+    max_concurrent = settings.webhook_max_concurrent_requests
+    in_flight = [0]  # POSTs being handled now (one event loop: a plain counter)
+
     async def receive(request: web.Request) -> web.Response:
+        if in_flight[0] >= max_concurrent:
+            # Past the limit nothing is read: Meta retries, and slow or flooding senders cost nothing.
+            return answer("overloaded", 503, "too many webhook requests at once, retry later")
+        in_flight[0] += 1
+        try:
+            return await receive_one(request)
+        finally:
+            in_flight[0] -= 1
+
+    async def receive_one(request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > max_body:
             return answer("too_large", 413, f"body over {max_body} bytes")
         try:
-            body = await request.read()
+            body = await asyncio.wait_for(request.read(), read_timeout)
         except web.HTTPRequestEntityTooLarge:
             return answer("too_large", 413, f"body over {max_body} bytes")
+        except TimeoutError:
+            return answer("read_timeout", 408, f"body not received within {read_timeout:g} s")
         header = request.headers.get(SIGNATURE_HEADER)
         if not header:
             return answer("signature_missing", 401, f"{SIGNATURE_HEADER} header missing")

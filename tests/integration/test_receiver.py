@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ MAX_BODY = 8192
 
 
 class Receiver:
-    def __init__(self, bootstrap: str, prefix: str, log_path: Path) -> None:
+    def __init__(self, bootstrap: str, prefix: str, log_path: Path, **extra_env: str) -> None:
         self.port = free_port()
         env = dict(
             os.environ,
@@ -37,6 +38,7 @@ class Receiver:
             WAGATE_WEBHOOK_VERIFY_TOKEN=TOKEN,
             WAGATE_WEBHOOK_MAX_BODY_BYTES=str(MAX_BODY),
             WAGATE_WEBHOOK_PRODUCE_TIMEOUT_SECONDS="3",
+            **extra_env,
         )
         self.log_path = log_path
         self.proc = subprocess.Popen(
@@ -155,5 +157,50 @@ def test_kafka_down_gets_503_and_the_retried_body_is_kept_once_kafka_is_back(wor
         finally:
             broker.stop()
         assert 'wagate_webhook_requests_total{outcome="kafka_unavailable"}' in receiver.outcomes()
+    finally:
+        receiver.stop()
+
+
+def _slow_post(port: int, sent: bytes, announced: int) -> socket.socket:
+    """A POST that announces ``announced`` bytes of body and sends only ``sent``, then stalls."""
+    conn = socket.create_connection(("127.0.0.1", port), timeout=30)
+    head = (
+        f"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"X-Hub-Signature-256: sha256=00\r\nContent-Length: {announced}\r\n\r\n"
+    )
+    conn.sendall(head.encode() + sent)
+    return conn
+
+
+def _status(conn: socket.socket) -> int:
+    line = conn.makefile("rb").readline().decode()  # "HTTP/1.1 408 Request Timeout"
+    return int(line.split()[1])
+
+
+def test_slow_bodies_time_out_and_a_flood_past_the_limit_is_told_to_retry(gate: Gate, workdir: Path) -> None:
+    receiver = Receiver(
+        gate.settings.kafka_bootstrap_servers,
+        gate.prefix,
+        workdir / f"receiver-abuse-{uuid.uuid4().hex[:6]}.log",
+        WAGATE_WEBHOOK_READ_TIMEOUT_SECONDS="1",
+        WAGATE_WEBHOOK_MAX_CONCURRENT_REQUESTS="2",
+    )
+    try:
+        before = len(gate.read_all(gate.topo.webhooks.name))
+        slow = [_slow_post(receiver.port, b'{"object":', 500) for _ in range(2)]
+        time.sleep(0.3)  # both are inside the receiver, waiting for their bodies
+        body = b'{"object":"whatsapp_business_account","entry":[]}'
+        assert receiver.post(body)[0] == 503, "a third request at once is past the limit"
+        assert [_status(conn) for conn in slow] == [408, 408]
+        for conn in slow:
+            conn.close()
+        assert receiver.post(body) == (200, "ok"), "the slots are free again"
+        assert receiver.post(body, signature="sha256=" + "0" * 64)[0] == 403
+        # Only the one signed, whole body reached Kafka: slow, refused and forged ones cost no write.
+        assert len(gate.read_all(gate.topo.webhooks.name)) == before + 1
+        metrics = receiver.outcomes()
+        for outcome, count in [("read_timeout", 2), ("overloaded", 1), ("accepted", 1)]:
+            assert f'wagate_webhook_requests_total{{outcome="{outcome}"}} {count:.1f}' in metrics, metrics
+        assert SECRET.decode() not in receiver.log_path.read_text()
     finally:
         receiver.stop()
