@@ -61,10 +61,16 @@ class GateClient:
         self, topic: str, key: str | bytes | None, value: Any, partition: int | None = None
     ) -> int:
         """Produce one record (dicts are JSON-encoded, bytes go as they are); returns its offset."""
+        return (await self.produce_at(topic, key, value, partition))[1]
+
+    async def produce_at(
+        self, topic: str, key: str | bytes | None, value: Any, partition: int | None = None
+    ) -> tuple[int, int]:
+        """Produce one record; returns its (partition, offset)."""
         raw_key = key.encode() if isinstance(key, str) else key
         raw_value = value if isinstance(value, bytes) or value is None else orjson.dumps(value)
         meta = await self.producer.send_and_wait(topic, raw_value, key=raw_key, partition=partition)
-        return int(meta.offset)
+        return int(meta.partition), int(meta.offset)
 
     async def produce_bulk(self, records: Iterable[tuple[str, str | bytes | None, Any]]) -> None:
         """Produce many records as fast as the producer batches them; returns when all are acknowledged."""

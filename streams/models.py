@@ -218,11 +218,17 @@ class WindowEvent(BaseModel):
 
 
 class DeadLetter(BaseModel):
+    """A record the gate could not route, on ``wa.deadletter``."""
+
     topic: str
     partition: int
     offset: int
     key: str | None = Field(description="the record key as text, or base64 when not UTF-8")
-    value_b64: str | None
+    value_b64: str | None = Field(
+        description="the record value, base64; only its first 256 KiB when it is larger (see value_size)"
+    )
+    value_size: int | None = Field(default=None, description="the record value's size in bytes")
+    truncated: bool = Field(default=False, description="value_b64 holds only the start of the value")
     error: str
     at: EpochSeconds
 

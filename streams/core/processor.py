@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 WindowWatch = Callable[[int, str, ContactState], None]
 
+# What the gate echoes of an input (a dead letter's value, a rejected request) is capped, so that a
+# huge record cannot make an output larger than Kafka takes (which would stop the worker).
+MAX_ECHO_BYTES = 256 * 1024
+MAX_KEY_ECHO_BYTES = 4096  # a key is echoed twice in a rejection (record key and contact)
+
 HELD_PAST_LIMIT_NOTE = (
     " Decided after the hold limit (WAGATE_MAX_HOLD_SECONDS): inbound events written before this request"
     " may not have been applied yet."
@@ -162,13 +167,15 @@ class Processor:
             now = self.clock()
             parsed = parse_send_request(record.value)
             if isinstance(parsed, InvalidPayload):
-                rejection = decide_invalid(parsed, text_or_b64(record.key), now)
+                record_key = None if record.key is None else record.key[:MAX_KEY_ECHO_BYTES]
+                rejection = decide_invalid(parsed, text_or_b64(record_key), now)
                 if rejection is None:
                     self.dead_letter(
                         record, parsed.detail + "; no request_id could be read", "invalid_request", out
                     )
                 else:
-                    self.publish(rejection, record.key, None, out, held_past_limit)
+                    size = len(record.value or b"")
+                    self.publish(rejection, record_key, None, out, held_past_limit, size)
                 return
             request, received = parsed
             key = request_contact_key(request.phone_number_id, request.to, request.recipient_type)
@@ -180,7 +187,7 @@ class Processor:
             decision, new_state = decide(request, received, state, now, self.rules, self.registry)
             if new_state is not state:
                 self.store(key, new_state, record.partition, out)
-            self.publish(decision, key.encode(), partition, out, held_past_limit)
+            self.publish(decision, key.encode(), partition, out, held_past_limit, len(record.value or b""))
             self.metrics.decision_processing.observe(time.perf_counter() - started)
             if request.created_at is not None:
                 self.metrics.decision_latency.observe(max(0.0, now - request.created_at))
@@ -196,27 +203,34 @@ class Processor:
         partition: int | None,
         out: list[Output],
         held_past_limit: bool = False,
+        echo_size: int | None = None,
     ) -> None:
         if held_past_limit:
             decision.held_past_limit = True
             decision.detail += HELD_PAST_LIMIT_NOTE
+        if decision.request is not None and echo_size is not None and echo_size > MAX_ECHO_BYTES:
+            decision.request = None
+            decision.detail += f" The request ({echo_size} bytes) is not echoed."
         value = decision.__pydantic_serializer__.to_json(decision)
         out.append(Output(self.topo.route_topic(decision.route), key, value, partition))
         self.metrics.count_decision(decision.route, decision.reason, decision.origin)
 
     def dead_letter(self, record: InputRecord, error: str, cause: str, out: list[Output]) -> None:
+        value = record.value
+        key = None if record.key is None else record.key[:MAX_KEY_ECHO_BYTES]
         letter = trusted(
             DeadLetter,
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
-            key=text_or_b64(record.key),
-            value_b64=None if record.value is None else base64.b64encode(record.value).decode("ascii"),
+            key=text_or_b64(key),
+            value_b64=None if value is None else base64.b64encode(value[:MAX_ECHO_BYTES]).decode("ascii"),
+            value_size=None if value is None else len(value),
+            truncated=value is not None and len(value) > MAX_ECHO_BYTES,
             error=error,
             at=self.clock(),
         )
-        value = letter.__pydantic_serializer__.to_json(letter)
-        out.append(Output(self.topo.deadletter.name, record.key, value))
+        out.append(Output(self.topo.deadletter.name, key, letter.__pydantic_serializer__.to_json(letter)))
         self.metrics.dead_letters.labels(record.topic.removeprefix(self.topo.prefix), cause).inc()
 
     def internal_error(self, record: InputRecord, exc: Exception, out: list[Output]) -> None:

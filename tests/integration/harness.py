@@ -169,6 +169,14 @@ class Topics:
 
         self._with_client(produce_all)
 
+    def produce_all(self, records: Iterable[tuple[str, str | bytes | None, Any]]) -> list[tuple[int, int]]:
+        """Produce records one by one, each acknowledged; their (partition, offset)s."""
+
+        async def produce(client: GateClient) -> list[tuple[int, int]]:
+            return [await client.produce_at(topic, key, value) for topic, key, value in records]
+
+        return self._with_client(produce)
+
     def produce_bulk(self, records: Iterable[tuple[str, str | bytes | None, Any]]) -> None:
         self._with_client(lambda client: client.produce_bulk(records))
 

@@ -27,7 +27,17 @@ DECISION: dict[str, Any] = {
     "request": None,
     "held_past_limit": False,
 }
-LETTER = {"topic": "t", "partition": 0, "offset": 7, "key": "k", "value_b64": "eA==", "error": "e", "at": 1.0}
+LETTER = {
+    "topic": "t",
+    "partition": 0,
+    "offset": 7,
+    "key": "k",
+    "value_b64": "eA==",
+    "value_size": 1,
+    "truncated": False,
+    "error": "e",
+    "at": 1.0,
+}
 
 
 @pytest.mark.parametrize(("cls", "values"), [(WindowView, WINDOW), (Pricing, PRICING), (DeadLetter, LETTER)])

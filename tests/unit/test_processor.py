@@ -72,3 +72,21 @@ def test_an_internal_error_dead_letters_the_record_and_the_worker_goes_on() -> N
     [letter] = out
     assert letter.topic == h.topo.deadletter.name
     assert orjson.loads(letter.value or b"")["error"] == "internal error: OSError"
+
+
+def test_a_huge_record_never_makes_an_output_larger_than_kafka_takes() -> None:
+    h = Harness()
+    t = h.topo
+    padding = "x" * 900_000
+    bad = {"request_id": "big", "phone_number_id": PNID, "to": "x", "origin": "nobody", "pad": padding}
+    out: list[Output] = []
+    h.processor.request(Record(t.requests.name, 0, 1, 0, b"k" * 2_000_000, orjson.dumps(bad)), out)
+    h.processor.inbound(Record(t.inbound.name, 0, 2, 0, None, b"\x00" * 1_048_576), out)
+    assert max(len(o.value or b"") + len(o.key or b"") for o in out) < 400_000
+    [rejection] = by_topic(out, t.rejected.name)
+    decision = orjson.loads(rejection.value or b"")
+    assert decision["request"] is None and "is not echoed" in decision["detail"]
+    [letter] = by_topic(out, t.deadletter.name)
+    dead = orjson.loads(letter.value or b"")
+    assert (dead["value_size"], dead["truncated"]) == (1_048_576, True)
+    assert len(base64.b64decode(dead["value_b64"])) == 256 * 1024
