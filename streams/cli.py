@@ -52,7 +52,12 @@ def _ensure_topics(settings: Settings) -> list[str]:
 
     try:
         return asyncio.run(
-            ensure_topics(settings.kafka_bootstrap_servers, topology(settings), settings.replication_factor)
+            ensure_topics(
+                settings.kafka_bootstrap_servers,
+                topology(settings),
+                settings.replication_factor,
+                settings.min_insync_replicas,
+            )
         )
     except KafkaConnectionError:
         sys.exit(
@@ -77,7 +82,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streams.worker import GateWorker
 
     gate = create_app(settings)
-    GateWorker(gate.app, loglevel=settings.log_level.upper()).execute_from_commandline()
+    GateWorker(
+        gate.app, loglevel=settings.log_level.upper(), data_dir=settings.data_dir
+    ).execute_from_commandline()
     return 0
 
 

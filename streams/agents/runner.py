@@ -34,7 +34,7 @@ from streams.core.aligner import Aligner, FetchView, RoundPlan
 from streams.core.pipeline import Pipeline
 from streams.core.processor import Clock, Processor
 from streams.core.records import Output, Source, Step
-from streams.faust_private import PartitionedState, kafka_producer
+from streams.faust_private import PartitionedState, kafka_producer, wait_until_drained
 from streams.metrics import GateMetrics
 from streams.models import WindowEvent, WindowReport
 from streams.policy.keys import partition_for
@@ -177,6 +177,12 @@ class PipelineRunner:
             if partition is None:
                 partition = await self._partition_of(producer, output)
             grouped.setdefault((output.topic, partition), []).append(output)
+        # All of a step's batches go into the accumulator together (see wait_until_drained), state
+        # writes last: where they still split (several brokers), a decision without its state write
+        # is decided again on replay (a duplicate) rather than a state write without its decision
+        # (a decision lost). Transactions close both (issue 11).
+        await wait_until_drained(producer, grouped)
+        grouped = dict(sorted(grouped.items(), key=lambda item: item[0][0] == self._changelog))
         futures = []
         for (topic, partition), records in grouped.items():
             batch = producer.create_batch()
