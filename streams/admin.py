@@ -20,7 +20,9 @@ async def _describe_partitions(admin: AIOKafkaAdminClient, names: list[str]) -> 
     return {item["topic"]: len(item["partitions"]) for item in described if item.get("error_code", 0) == 0}
 
 
-async def ensure_topics(bootstrap: str, topo: Topology, replication_factor: int = 1) -> list[str]:
+async def ensure_topics(
+    bootstrap: str, topo: Topology, replication_factor: int = 1, min_insync_replicas: int | None = None
+) -> list[str]:
     """Create missing topics; return the names created. Raises TopologyError on a partition mismatch."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
     await admin.start()
@@ -32,7 +34,9 @@ async def ensure_topics(bootstrap: str, topo: Topology, replication_factor: int 
         if missing:
             # A concurrent creator may win the race; the partition check below still applies.
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([_new_topic(spec, replication_factor) for spec in missing])
+                await admin.create_topics(
+                    [_new_topic(spec, replication_factor, min_insync_replicas) for spec in missing]
+                )
             created = [spec.name for spec in missing]
         await _wait_for_metadata(admin, [spec.name for spec in specs])
         actual = await _describe_partitions(admin, [spec.name for spec in specs if spec.copartitioned])
@@ -52,8 +56,11 @@ async def ensure_topics(bootstrap: str, topo: Topology, replication_factor: int 
         await admin.close()
 
 
-def _new_topic(spec: TopicSpec, replication_factor: int) -> NewTopic:
+def _new_topic(spec: TopicSpec, replication_factor: int, min_insync_replicas: int | None) -> NewTopic:
     configs = {"cleanup.policy": "compact"} if spec.compacted else {}
+    if min_insync_replicas is not None:
+        # With acks=all a write needs this many replicas: one broker lost still takes writes (3, 2).
+        configs["min.insync.replicas"] = str(min_insync_replicas)
     return NewTopic(
         name=spec.name,
         num_partitions=spec.partitions,

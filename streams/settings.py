@@ -33,6 +33,12 @@ class Settings(BaseSettings):
         default=4, ge=1, description="partitions of wa.inbound, wa.outbound.requests, state"
     )
     replication_factor: int = Field(default=1, ge=1, description="replication of topics the gate creates")
+    min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="min.insync.replicas of the topics the gate creates (unset: the broker's default); "
+        "3 replicas with 2 in sync survive the loss of one broker without losing an acknowledged write",
+    )
     data_dir: Path = Field(default=Path("var/wagate"), description="RocksDB state directory of this worker")
     store: Literal["rocksdb", "memory"] = Field(
         default="rocksdb", description="table store; memory only for unit tests"
