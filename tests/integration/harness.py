@@ -148,7 +148,14 @@ class Topics:
         self.settings = settings
         self.prefix = settings.topic_prefix
         self.topo = topology(settings)
-        run(ensure_topics(settings.kafka_bootstrap_servers, self.topo))
+        run(
+            ensure_topics(
+                settings.kafka_bootstrap_servers,
+                self.topo,
+                settings.replication_factor,
+                settings.min_insync_replicas,
+            )
+        )
 
     def _with_client(self, use: Callable[[GateClient], Awaitable[T]]) -> T:
         """Run one client call to completion: the tests themselves stay synchronous."""
@@ -203,17 +210,31 @@ class Topics:
 class Gate(Topics):
     """A prefix of topics with a worker on it."""
 
-    def __init__(self, bootstrap: str, workdir: Path, partitions: int = 4, **env: str) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        workdir: Path,
+        partitions: int = 4,
+        replication: int = 1,
+        min_insync: int | None = None,
+        **env: str,
+    ) -> None:
         prefix = f"it{uuid.uuid4().hex[:8]}."
         super().__init__(
             Settings(
                 kafka_bootstrap_servers=bootstrap,
                 topic_prefix=prefix,
                 partitions=partitions,
+                replication_factor=replication,
+                min_insync_replicas=min_insync,
                 data_dir=workdir / prefix / "state",
                 web_port=free_port(),
             )
         )
+        if replication > 1:
+            env = {"WAGATE_REPLICATION_FACTOR": str(replication), **env}
+        if min_insync is not None:
+            env = {"WAGATE_MIN_INSYNC_REPLICAS": str(min_insync), **env}
         self.workdir = workdir
         self.env = env
         self.worker = self.new_worker()
