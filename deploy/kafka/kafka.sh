@@ -36,6 +36,13 @@ java_run() { java -Xms128m -Xmx"${KAFKA_HEAP:-512m}" -Dorg.slf4j.simpleLogger.de
 
 running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
+launch() {  # launch DIR: a broker from DIR/server.properties in the background, its PID in DIR/broker.pid
+  nohup java -Xms256m -Xmx"${KAFKA_HEAP:-512m}" -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -cp "$here/lib/*" kafka.Kafka "$1/server.properties" \
+    >"$1/broker.log" 2>&1 &
+  echo $! >"$1/broker.pid"
+}
+
 start() {
   fetch
   mkdir -p "$data"
@@ -66,10 +73,7 @@ PROPS
     java_run kafka.tools.StorageTool format -t "$(java_run kafka.tools.StorageTool random-uuid)" \
       -c "$data/server.properties" >"$data/format.log" 2>&1 || { cat "$data/format.log" >&2; exit 4; }
   fi
-  nohup java -Xms256m -Xmx"${KAFKA_HEAP:-512m}" -XX:+UseG1GC -Djava.awt.headless=true \
-    -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -cp "$here/lib/*" kafka.Kafka "$data/server.properties" \
-    >"$data/broker.log" 2>&1 &
-  echo $! >"$pidfile"
+  launch "$data"
   echo "$port" >"$data/port"
   local deadline=$((SECONDS + ${KAFKA_START_TIMEOUT:-90}))
   until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
@@ -132,10 +136,7 @@ node_launch() {  # node_launch N: start it in the background (formatting its sto
     java_run kafka.tools.StorageTool format -t "$(cat "$data/cluster.id")" -c "$dir/server.properties" \
       >"$dir/format.log" 2>&1 || { cat "$dir/format.log" >&2; exit 4; }
   fi
-  nohup java -Xms256m -Xmx"${KAFKA_HEAP:-512m}" -XX:+UseG1GC -Djava.awt.headless=true \
-    -Dorg.slf4j.simpleLogger.defaultLogLevel=warn -cp "$here/lib/*" kafka.Kafka "$dir/server.properties" \
-    >"$dir/broker.log" 2>&1 &
-  echo $! >"$dir/broker.pid"
+  launch "$dir"
 }
 
 node_wait() {  # node_wait N: until its broker port accepts connections
