@@ -172,9 +172,9 @@ async def wait_until_drained(producer: Any, partitions: Iterable[tuple[str, int]
     except AttributeError:  # aiokafka moved it: steps may split again (checked by the restart tests)
         return
     for topic, partition in partitions:
-        for tp, pending in list(pending_by_tp.items()):
-            if pending and tp.topic == topic and tp.partition == partition:
-                await pending[-1].wait_drain()
+        pending = pending_by_tp.get((topic, partition))  # keyed by TopicPartition, a 2-tuple
+        if pending:
+            await pending[-1].wait_drain()
 
 
 # -- the consumer ------------------------------------------------------------------------------------

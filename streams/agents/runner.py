@@ -33,7 +33,7 @@ from streams.agents.windows import Ownership, WindowScheduler
 from streams.core.aligner import Aligner, FetchView, RoundPlan
 from streams.core.pipeline import Pipeline
 from streams.core.processor import Clock, Processor
-from streams.core.records import Output, Source, Step
+from streams.core.records import Output, Step
 from streams.faust_private import PartitionedState, kafka_producer, wait_until_drained
 from streams.metrics import GateMetrics
 from streams.models import WindowEvent, WindowReport
@@ -74,7 +74,7 @@ class PipelineRunner:
         self.partitions = topo.requests.partitions
         self.state = PartitionedState(table, lambda key: partition_for(key, self.partitions))
         self.rules = rules
-        self.window_events = settings.window_events_enabled
+        window_events = settings.window_events_enabled
         self.windows = WindowScheduler(
             rules=rules,
             clock=clock,
@@ -82,10 +82,10 @@ class PipelineRunner:
             load=lambda partition, key: self.processor.load(key, partition),
             scan=self._scan,
             publish=self._publish_window_events,
-            enabled=self.window_events,
+            enabled=window_events,
         )
         self.processor = Processor(
-            topo, self.state, rules, metrics, registry, clock, self.window_events, self.windows.watch
+            topo, self.state, rules, metrics, registry, clock, window_events, self.windows.watch
         )
         self.aligner = Aligner(self.partitions, settings.max_hold_seconds, settings.max_held_requests)
         self.pipeline = Pipeline(self.processor, self.aligner, metrics, ready=False)
@@ -100,11 +100,7 @@ class PipelineRunner:
         self._offsets_client: AIOKafkaConsumer | None = None
         self._partition_counts: dict[str, int] = {}
         self._changelog = topo.contact_state_changelog.name
-        self._source_topics = {
-            Source.INBOUND: topo.inbound.name,
-            Source.REQUESTS: topo.requests.name,
-            Source.WEBHOOKS: topo.webhooks.name,
-        }
+        self._source_topics = {source: topic for topic, source in self.pipeline.sources.items()}
         metrics.open_windows.set_function(lambda: self.windows.open_windows)
         metrics.requests_held.set_function(lambda: self.aligner.held)
 
@@ -206,18 +202,19 @@ class PipelineRunner:
 
     async def _send_batch(self, producer: Any, batch: Any, topic: str, partition: int, count: int) -> Any:
         fut = await producer.send_batch(batch, topic, partition=partition)
-        fut.add_done_callback(self._on_delivered)
-        if topic == self._changelog:
-            fut.add_done_callback(lambda done: self._on_changelog_delivered(done, count))
-        return fut
+        return self._watch_delivery(fut, topic, count)
 
     async def _send_one(self, producer: Any, output: Output, topic: str, partition: int) -> Any:
         fut = await producer.send(
             topic, output.value, key=output.key, partition=partition, timestamp_ms=output.timestamp_ms
         )
+        return self._watch_delivery(fut, topic, 1)
+
+    def _watch_delivery(self, fut: Any, topic: str, count: int) -> Any:
+        """A failed delivery crashes the worker; a delivered changelog batch moves recovery's start."""
         fut.add_done_callback(self._on_delivered)
         if topic == self._changelog:
-            fut.add_done_callback(lambda done: self._on_changelog_delivered(done, 1))
+            fut.add_done_callback(lambda done: self._on_changelog_delivered(done, count))
         return fut
 
     async def _partition_of(self, producer: Any, output: Output) -> int:
@@ -371,9 +368,7 @@ class PipelineRunner:
         outputs: list[Output] = []
         self.processor.store(key, marked, partition, outputs)
         for event in events:
-            value = event.__pydantic_serializer__.to_json(event)
-            outputs.append(Output(self.topo.windows.name, key.encode(), value, partition))
-            self.metrics.window_events.labels(event.event).inc()
+            self.processor.window_event(event, partition, outputs)
         async with self._send_lock:
             await self._send_all(outputs)
 

@@ -15,7 +15,15 @@ from collections.abc import Callable
 
 from streams.core.records import InputRecord, Output, StateStore
 from streams.metrics import GateMetrics
-from streams.models import DeadLetter, Decision, InboundEvent, NumberRecord, TemplateRecord, trusted
+from streams.models import (
+    DeadLetter,
+    Decision,
+    InboundEvent,
+    NumberRecord,
+    TemplateRecord,
+    WindowEvent,
+    trusted,
+)
 from streams.policy.decide import decide, decide_invalid
 from streams.policy.keys import contact_key, partition_for, request_contact_key
 from streams.policy.parse import InvalidPayload, parse_inbound_event, parse_send_request
@@ -107,10 +115,7 @@ class Processor:
                 self.store(key, new_state, record.partition, out)
                 self.watch(record.partition, key, new_state)
             if effect is InboundEffect.OPENED and self.window_events:
-                event = opened_event(key, new_state, self.rules)
-                value = event.__pydantic_serializer__.to_json(event)
-                out.append(Output(self.topo.windows.name, key.encode(), value, record.partition))
-                self.metrics.window_events.labels(event.event).inc()
+                self.window_event(opened_event(key, new_state, self.rules), record.partition, out)
             self.metrics.count_inbound(parsed.kind, effect.value)
         except Exception as exc:  # bad input must never stop the worker: dead-letter it instead
             self.internal_error(record, exc, out)
@@ -214,6 +219,11 @@ class Processor:
         value = decision.__pydantic_serializer__.to_json(decision)
         out.append(Output(self.topo.route_topic(decision.route), key, value, partition))
         self.metrics.count_decision(decision.route, decision.reason, decision.origin)
+
+    def window_event(self, event: WindowEvent, partition: int, out: list[Output]) -> None:
+        value = event.__pydantic_serializer__.to_json(event)
+        out.append(Output(self.topo.windows.name, event.contact.encode(), value, partition))
+        self.metrics.window_events.labels(event.event).inc()
 
     def dead_letter(self, record: InputRecord, error: str, cause: str, out: list[Output]) -> None:
         value = record.value
