@@ -1,4 +1,5 @@
-"""The webhook fixtures in ../shared/fixtures/whatsapp, one body per case, with what each must yield.
+"""The webhook fixtures in tests/fixtures/whatsapp (copied byte for byte, origin and MIT licences in its
+SOURCES.md), one body per case, with what each must yield.
 
 Single-envelope files are used byte for byte. The pywa files hold several named envelopes in one
 object; each case is serialized on its own (the only way to send it as one webhook body).
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import orjson
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "whatsapp"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "whatsapp"
 MALFORMED = "whatsapp-business-java-api/textMessageStatusRead.json"
 
 
