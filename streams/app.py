@@ -47,7 +47,9 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
         autodiscover=False,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
-        processing_guarantee="at_least_once",  # the gate's own sends are not transactional (yet)
+        # Faust's own exactly_once is not used: the runner runs per-partition transactions itself
+        # (streams.agents.transactions); Faust then commits none of the pipeline's offsets.
+        processing_guarantee="at_least_once",
         broker_commit_interval=settings.commit_interval_seconds,
         broker_session_timeout=settings.session_timeout_seconds,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_seconds / 3),

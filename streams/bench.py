@@ -290,6 +290,7 @@ async def measure(
         auto_offset_reset="earliest",
         group_id=None,
         fetch_max_bytes=16 * 1024 * 1024,
+        isolation_level="read_committed",  # as downstream senders must read (exactly_once)
     )
     await consumer.start()
     proc = None

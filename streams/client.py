@@ -83,7 +83,9 @@ class GateClient:
     async def wait_consumed(self, topic: str, timeout: float = 60.0) -> None:
         """Wait until the gate's consumer group has committed everything now in ``topic``."""
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers)
-        probe = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers)
+        probe = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers, isolation_level="read_committed"
+        )
         await admin.start()
         await probe.start()
         try:
@@ -112,6 +114,7 @@ class GateClient:
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             auto_offset_reset="earliest",
             group_id=None,
+            isolation_level="read_committed",  # the gate's outputs are transactional (exactly_once)
         )
 
     async def read(self, topics: Iterable[str], until: Any, timeout: float = 60.0) -> list[Record]:
@@ -137,21 +140,31 @@ class GateClient:
             await consumer.stop()
 
     async def read_to_end(self, topics: Iterable[str], timeout: float = 60.0) -> list[Record]:
-        """Everything in ``topics`` up to their current end offsets."""
+        """Everything in ``topics`` up to their current end offsets (by the reader's position: the
+        last offsets of transactional topics are commit markers, which hold no record)."""
         names = list(topics)
         consumer = self._reader(names)
         await consumer.start()
+        records: list[Record] = []
         try:
             partitions = [TopicPartition(name, p) for name in names for p in range(self.settings.partitions)]
             ends = await consumer.end_offsets(partitions)
+            deadline = time.monotonic() + timeout
+            while True:
+                batches = await consumer.getmany(timeout_ms=200)
+                for tp, msgs in batches.items():
+                    records.extend(
+                        Record(tp.topic, tp.partition, m.offset, m.key, _json(m.value), m.value) for m in msgs
+                    )
+                positions = {tp: await consumer.position(tp) for tp, end in ends.items() if end}
+                if all(positions[tp] >= ends[tp] for tp in positions):
+                    return records
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"not read to the end within {timeout:.0f} s ({len(records)} records read)"
+                    )
         finally:
             await consumer.stop()
-
-        def done(records: list[Record]) -> bool:
-            reached = {TopicPartition(r.topic, r.partition): r.offset + 1 for r in records}
-            return all(reached.get(tp, 0) >= end for tp, end in ends.items())
-
-        return await self.read(names, done, timeout)
 
     async def decisions(self, request_ids: Iterable[str], timeout: float = 60.0) -> dict[str, list[Record]]:
         """All decisions for ``request_ids`` (each id at least once), by request id."""

@@ -40,6 +40,7 @@ from typing import Any, ClassVar, Protocol, cast
 
 import faust
 from faust.stores import rocksdb as faust_rocksdb
+from faust.tables import recovery as faust_recovery
 from faust.transport import consumer as faust_consumer
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -69,6 +70,11 @@ _REQUIRED: tuple[tuple[Any, str], ...] = (
     (faust_aiokafka.Consumer, "seek_wait"),
     (faust_aiokafka.Producer, "_ensure_producer"),
     (faust_aiokafka.Producer, "_settings_extra"),
+    (faust_aiokafka.AIOKafkaConsumerThread, "_create_worker_consumer"),
+    (faust_aiokafka.Consumer, "_new_consumer_thread"),
+    (faust_recovery.Recovery, "_set_recovery_ended"),
+    (faust_recovery.Recovery, "active_highwaters"),
+    (faust_recovery.Recovery, "active_offsets"),
     (faust_rocksdb.Store, "_db_for_partition"),
     (Service, "_stopped"),
 )
@@ -201,6 +207,13 @@ class FetchSink(Protocol):
 
     def on_positions(self, positions: Mapping[TP, int | None]) -> None: ...
 
+    @property
+    def read_committed(self) -> bool: ...
+
+    async def on_assigned(self, partitions: set[int]) -> None: ...
+
+    async def on_revoking(self, partitions: set[int]) -> None: ...
+
 
 _YIELD_EVERY = 100  # give the event loop a turn every this many records, as Faust's own loop does
 
@@ -220,12 +233,25 @@ class PipelineConsumer(faust_aiokafka.Consumer):
         self._fetch_lock = asyncio.Lock()  # held for a fetch and for a seek: they never overlap
         self._seeks = 0  # seeks started
         self._positions_warned = False
+        # Recovery: the offset of the last changelog record fetched per partition since its last seek.
+        self._last_changelog_record: dict[TP, int] = {}
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     # -- seeks: under the fetch lock, reported to the sink --------------------------------------------
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         async with self._fetch_lock:
             self._seeks += 1
+            self._last_changelog_record.clear()
+            if self.sink is not None:
+                # exactly_once: the partitions' transactional producers start (fencing the previous
+                # owner's, resolving its open transaction) before the committed offsets are read.
+                sink_topics = self.sink.topics
+                await self.sink.on_assigned(
+                    {tp.partition for tp in self.assignment() if tp.topic in sink_topics}
+                )
             committed = await super().seek_to_committed()
             await self._report_positions(dict(committed))
             return committed
@@ -233,12 +259,15 @@ class PipelineConsumer(faust_aiokafka.Consumer):
     async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
         async with self._fetch_lock:
             self._seeks += 1
+            for tp in partitions:
+                self._last_changelog_record.pop(tp, None)
             await super().seek_wait(partitions)
             await self._report_positions(dict(partitions))
 
     async def _seek(self, partition: TP, offset: int) -> None:
         async with self._fetch_lock:
             self._seeks += 1
+            self._last_changelog_record.pop(partition, None)
             await super()._seek(partition, offset)
             await self._report_positions({partition: offset})
 
@@ -255,6 +284,10 @@ class PipelineConsumer(faust_aiokafka.Consumer):
             sink.on_positions(ours)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        if self.sink is not None:
+            # exactly_once: what was submitted for them is committed before another worker reads
+            # their committed offsets.
+            await self.sink.on_revoking({tp.partition for tp in revoked if tp.topic in self.sink.topics})
         await super().on_partitions_revoked(revoked)
         if self.sink is not None:
             self.sink.on_positions({tp: None for tp in revoked if tp.topic in self.sink.topics})
@@ -332,7 +365,12 @@ class PipelineConsumer(faust_aiokafka.Consumer):
                         current = functools.partial(self._current, fetched)
                         await sink.on_fetched(ours, positions, views, current)
                 if theirs:
+                    for tp, batch in records.items():
+                        if batch and (sink is None or tp.topic not in sink.topics):
+                            self._last_changelog_record[tp] = batch[-1].offset
                     await self._deliver_to_faust(theirs, fetched)
+                if self.read_committed and self._current(fetched):
+                    self._end_recovery_at_markers()
                 self.diag.unset_flag(CONSUMER_FETCHING)
                 await self.sleep(0)  # let the loop breathe between fetches
         except self.consumer_stopped_errors:
@@ -374,7 +412,10 @@ class PipelineConsumer(faust_aiokafka.Consumer):
                         positions[tp] = state.position
                     stamp = state.timestamp
                     if stamp is not None:
-                        views[tp] = FetchView(stamp, state.highwater, leader_for(tp))
+                        # read_committed: a fetch reaches the last stable offset, not the high watermark
+                        end = state.lso if self.read_committed else state.highwater
+                        if end is not None and end >= 0:
+                            views[tp] = FetchView(stamp, end, leader_for(tp))
             return positions, views
         except AttributeError as exc:  # rebalancing (no subscription), or aiokafka moved its internals
             if self.app.rebalancing:
@@ -388,6 +429,40 @@ class PipelineConsumer(faust_aiokafka.Consumer):
                     version("aiokafka"),
                 )
             return {}, {}
+
+    @property
+    def read_committed(self) -> bool:
+        return self.sink is not None and self.sink.read_committed
+
+    def _end_recovery_at_markers(self) -> None:
+        """read_committed: a changelog written in transactions ends with a commit marker, an offset
+        that holds no record. Faust's recovery waits for a record at (end offset - 1), and without
+        ``processing_guarantee=exactly_once`` never gives up (with it, after two idle 5-second polls).
+        Once the consumer's position reaches the end offset nothing is left to read: the partition's
+        highwater becomes its last record, and recovery ends when the records fetched are applied."""
+        tables: Any = self.app.tables
+        recovery = tables.recovery
+        if not recovery.in_recovery:
+            return
+        try:
+            assignment = self._thread._consumer._subscription.subscription.assignment  # type: ignore[union-attr]
+        except AttributeError:
+            return  # rebalancing: recovery restarts with fresh highwaters
+        highwaters = recovery.active_highwaters
+        offsets = recovery.active_offsets
+        for tp, highwater in list(highwaters.items()):
+            state = assignment.state_value(tp)
+            if highwater is None or state is None or not state.has_valid_position:
+                continue
+            if state.position > highwater:  # fetched up to the end offset
+                last = max(self._last_changelog_record.get(tp, -1), offsets.get(tp) or -1)
+                if last < highwater:
+                    highwaters[tp] = last
+        if not recovery.need_recovery() and tables.changelog_queue.empty():
+            # What Faust's own loop does once the last record is applied; it may be idle in a 5 s wait.
+            recovery.flush_buffers()
+            recovery._set_recovery_ended()
+            recovery.signal_recovery_end.set()
 
     def _drop_stale(self, undelivered: int) -> None:
         # Not marked read: the seek that made the batch stale (done, or due with the rebalance)
@@ -441,6 +516,17 @@ class PipelineConsumer(faust_aiokafka.Consumer):
             if commit_every is not None and self._n_acked >= commit_every:
                 return index + 1
         return len(batch)
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        sink = getattr(transport, "sink", None)
+        if sink is not None and sink.read_committed:
+            # exactly_once without Faust's transaction manager: only the reads change (inputs and the
+            # changelog skip aborted transactions); aiokafka passes this on to its fetcher at start.
+            consumer._isolation_level = "read_committed"
+        return consumer
 
 
 class IdempotentProducer(faust_aiokafka.Producer):

@@ -36,6 +36,11 @@ class GateMetrics:
             ["source"],
             registry=self.registry,
         )
+        self.transactions = Counter(
+            "wagate_transactions",
+            "Kafka transactions committed (exactly_once: one per input partition and step)",
+            registry=self.registry,
+        )
         self.webhook_bodies = Counter(
             "wagate_webhook_bodies",
             "Webhook bodies read from wa.webhooks, by outcome (normalized, partial, dead_lettered)",

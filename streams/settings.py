@@ -131,7 +131,22 @@ class Settings(BaseSettings):
     )
 
     commit_interval_seconds: float = Field(
-        default=1.0, gt=0, description="how often consumed offsets are committed"
+        default=1.0, gt=0, description="how often consumed offsets are committed (at_least_once)"
+    )
+    processing_guarantee: Literal["exactly_once", "at_least_once"] = Field(
+        default="exactly_once",
+        description="exactly_once: each input partition's decisions, state writes, window events, dead "
+        "letters and input offsets are committed in one Kafka transaction (read the outputs with "
+        "isolation.level=read_committed: one decision per request across any crash); at_least_once: "
+        "no transactions, a crash may repeat decisions made since the last commit",
+    )
+    transaction_timeout_seconds: float = Field(
+        default=20.0,
+        ge=1,
+        le=900,  # the broker's default transaction.max.timeout.ms
+        description="exactly_once: a transaction left open by a dead worker is aborted by the broker "
+        "after this long if no worker takes its partition over sooner (read_committed readers of the "
+        "partitions it wrote wait meanwhile)",
     )
 
     origin_policy: str = Field(

@@ -49,7 +49,10 @@ class RegistryFollower:
     async def run(self) -> None:
         names = [self.topo.templates.name, self.topo.numbers.name]
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers, group_id=None, enable_auto_commit=False
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",  # template records come from the gate's transactions
         )
         await consumer.start()
         try:

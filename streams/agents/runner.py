@@ -12,12 +12,17 @@ loop hands it every fetch of the gate's input topics, and it
 - tells the consumer which partitions to hold back (request partitions with a full hold queue; all
   of them until the template registry is loaded);
 - serves the window timetable's state (``WindowScheduler``) and the window API.
+
+Under ``exactly_once`` (the default) a step's outputs and input offsets go, per input partition, into
+that partition's transaction (``streams.agents.transactions``) instead of Faust's producer, and Faust
+commits no offsets of the pipeline's topics: the transactions do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -25,10 +30,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import TP
 
+from streams.agents.transactions import PartitionTransactions
 from streams.agents.windows import Ownership, WindowScheduler
 from streams.core.aligner import Aligner, FetchView, RoundPlan
 from streams.core.pipeline import Pipeline
@@ -101,6 +107,17 @@ class PipelineRunner:
         self._partition_counts: dict[str, int] = {}
         self._changelog = topo.contact_state_changelog.name
         self._source_topics = {source: topic for topic, source in self.pipeline.sources.items()}
+        self.exactly_once = settings.processing_guarantee == "exactly_once"
+        self.transactions: PartitionTransactions | None = None
+        if self.exactly_once:
+            self.transactions = PartitionTransactions(
+                settings.faust_app_id,
+                settings.faust_app_id,  # the consumer group
+                self._transactional_producer,
+                self._send_outputs,
+                self._crash,
+                metrics.transactions.inc,
+            )
         metrics.open_windows.set_function(lambda: self.windows.open_windows)
         metrics.requests_held.set_function(lambda: self.aligner.held)
 
@@ -130,10 +147,24 @@ class PipelineRunner:
         await self._emit(step)
 
     def processed(self, tp: TP) -> int | None:
-        return self._processed.get(tp)
+        return self._processed.get(tp)  # (always empty under exactly_once: the transactions commit)
 
     def processed_tps(self) -> Iterable[TP]:
         return list(self._processed)
+
+    @property
+    def read_committed(self) -> bool:
+        return self.exactly_once
+
+    async def on_assigned(self, partitions: set[int]) -> None:
+        """The group assigned ``partitions``; called before their committed offsets are read."""
+        if self.transactions is not None:
+            await self.transactions.prepare(partitions)
+
+    async def on_revoking(self, partitions: set[int]) -> None:
+        """``partitions`` are being revoked: what was submitted for them is committed first."""
+        if self.transactions is not None:
+            await self.transactions.flush(partitions)
 
     def on_positions(self, positions: Mapping[TP, int | None]) -> None:
         for tp, position in positions.items():
@@ -151,6 +182,10 @@ class PipelineRunner:
     async def _emit(self, step: Step) -> None:
         if not step:
             return
+        if self.transactions is not None:
+            self._submit(step)
+            await self.transactions.wait_capacity(step.partitions())
+            return
         epoch = self.aligner.epoch
         async with self._send_lock:  # steps leave in the order they were made
             futures = await self._send_all(step.outputs)
@@ -163,10 +198,53 @@ class PipelineRunner:
             for partition, next_offset in step.webhooks_done.items():
                 self._track_webhook_acks(partition, next_offset, futures)
 
+    def _submit(self, step: Step) -> None:
+        """exactly_once: each input partition's outputs and offsets into its next transaction.
+        Synchronous, straight after the step was made: a revocation cannot come in between."""
+        assert self.transactions is not None
+        for partition in sorted(step.partitions()):
+            offsets = {
+                TopicPartition(self._source_topics[source], p): next_offset
+                for (source, p), next_offset in step.done.items()
+                if p == partition
+            }
+            on_committed = None
+            webhooks_next = step.webhooks_done.get(partition)
+            if webhooks_next is not None:
+                on_committed = functools.partial(self._webhooks_committed, partition, webhooks_next)
+            self.transactions.submit(partition, step.by_partition.get(partition, []), offsets, on_committed)
+
+    def _webhooks_committed(self, partition: int, next_offset: int) -> None:
+        self.aligner.webhooks_on_broker(partition, next_offset, int(1000 * time.time()))
+        self._wake.set()
+
+    def _transactional_producer(self, transactional_id: str) -> AIOKafkaProducer:
+        settings = self.settings
+        return AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            client_id=f"{settings.faust_app_id}-txn",
+            transactional_id=transactional_id,
+            transaction_timeout_ms=int(1000 * settings.transaction_timeout_seconds),
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=settings.producer_linger_ms,
+            max_batch_size=settings.producer_max_batch_size,
+            max_request_size=max(settings.producer_max_batch_size, 1_048_576),
+        )
+
+    def _crash(self, exc: BaseException) -> None:
+        self.app.loop.create_task(self.app.crash(exc))
+
     async def _send_all(self, outputs: list[Output]) -> list[Any]:
-        """Hand ``outputs`` to Faust's aiokafka producer (which Faust flushes before every commit), one
-        record batch per topic and partition: a per-record ``send`` cost more than the gate's policy."""
-        producer = kafka_producer(self.app)
+        """at_least_once: ``outputs`` into Faust's aiokafka producer (which Faust flushes before every
+        commit)."""
+        return await self._send_outputs(kafka_producer(self.app), outputs, drain_first=True)
+
+    async def _send_outputs(
+        self, producer: Any, outputs: list[Output], drain_first: bool = False
+    ) -> list[Any]:
+        """``outputs`` into ``producer``, one record batch per topic and partition: a per-record
+        ``send`` cost more than the gate's policy."""
         grouped: dict[tuple[str, int], list[Output]] = {}
         for output in outputs:
             partition = output.partition
@@ -176,8 +254,9 @@ class PipelineRunner:
         # All of a step's batches go into the accumulator together (see wait_until_drained), state
         # writes last: where they still split (several brokers), a decision without its state write
         # is decided again on replay (a duplicate) rather than a state write without its decision
-        # (a decision lost). Transactions close both (issue 11).
-        await wait_until_drained(producer, grouped)
+        # (a decision lost). Under exactly_once the transaction makes a step all or nothing anyway.
+        if drain_first:
+            await wait_until_drained(producer, grouped)
         grouped = dict(sorted(grouped.items(), key=lambda item: item[0][0] == self._changelog))
         futures = []
         for (topic, partition), records in grouped.items():
@@ -254,7 +333,7 @@ class PipelineRunner:
             return
         exc = fut.exception()
         log.critical("delivery failed after retries (%s); crashing so the offset is not committed", exc)
-        self.app.loop.create_task(self.app.crash(exc))
+        self._crash(exc)
 
     def _on_changelog_delivered(self, fut: Any, count: int) -> None:
         if not fut.cancelled() and fut.exception() is None and count:
@@ -335,7 +414,12 @@ class PipelineRunner:
         """A client of the rounds' own, on this event loop: Faust's consumer lives on another thread,
         and a hop there and back cost more than the ListOffsets request itself."""
         if self._offsets_client is None:
-            client = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers, group_id=None)
+            client = AIOKafkaConsumer(
+                bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                group_id=None,
+                # exactly_once: end offsets are last stable offsets, what a read_committed fetch reaches
+                isolation_level="read_committed" if self.read_committed else "read_uncommitted",
+            )
             await client.start()
             self._offsets_client = client
         return self._offsets_client
@@ -351,6 +435,11 @@ class PipelineRunner:
         return {tp.partition: max(0, meta.offset) for tp, meta in offsets.items()}
 
     async def stop(self) -> None:
+        if self.transactions is not None:
+            try:
+                await self.transactions.close()  # what was submitted is committed before the stop
+            except Exception as exc:
+                log.warning("transactions not all committed at stop (%s): redone after restart", exc)
         if self._admin is not None:
             await self._admin.close()
             self._admin = None
@@ -369,6 +458,9 @@ class PipelineRunner:
         self.processor.store(key, marked, partition, outputs)
         for event in events:
             self.processor.window_event(event, partition, outputs)
+        if self.transactions is not None:
+            self.transactions.submit(partition, outputs, {})
+            return
         async with self._send_lock:
             await self._send_all(outputs)
 

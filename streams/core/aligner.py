@@ -308,6 +308,9 @@ class Aligner:
         oldest = [queue[0].since for queue in self._held.values() if queue]
         return min(oldest) + self.max_hold_seconds if oldest else None
 
+    def holds(self, partition: int) -> bool:
+        return bool(self._held.get(partition))
+
     @property
     def held(self) -> int:
         return sum(len(queue) for queue in self._held.values())

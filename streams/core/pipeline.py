@@ -33,6 +33,8 @@ class Pipeline:
             topo.webhooks.name: Source.WEBHOOKS,
         }
         self.ready = ready  # False until the template registry's first read is done: nothing is decided
+        # Per (source, partition): the next offset last handed out as done (or sought to).
+        self._done: dict[tuple[Source, int], int] = {}
 
     def source(self, topic: str) -> Source | None:
         return self.sources.get(topic)
@@ -50,7 +52,6 @@ class Pipeline:
         ``views``: what the consumer knew of each partition after this fetch (the fast path)."""
         views = views or {}
         step = Step()
-        out = step.outputs
         processor = self.processor
         requests = []
         webhooks = []
@@ -59,6 +60,7 @@ class Pipeline:
                 continue
             source = self.sources[topic]
             if source is Source.INBOUND:
+                out = step.out(partition)
                 for record in records:
                     processor.inbound(record, out)
                 next_offset = records[-1].offset + 1
@@ -69,6 +71,7 @@ class Pipeline:
             else:
                 requests.append((partition, records))
         for partition, records in webhooks:
+            out = step.out(partition)
             for record in records:
                 processor.webhook(record, out)
             next_offset = records[-1].offset + 1
@@ -88,21 +91,43 @@ class Pipeline:
                     by_source[by_topic][partition] = view
             self.aligner.resolve_from_fetches(by_source[Source.INBOUND], by_source[Source.WEBHOOKS])
         self._release(now, step)
+        for (topic, partition), position in (positions or {}).items():
+            source = self.sources.get(topic)
+            if source is not None and not (source is Source.REQUESTS and self.aligner.holds(partition)):
+                self._past_markers(step, source, partition, position)
+        self._note_done(step)
         return step
+
+    def _past_markers(self, step: Step, source: Source, partition: int, position: int) -> None:
+        """Every record below ``position`` is processed: past the last record there may be transaction
+        markers, which hold no record. They are done too, or the committed offset stays below a
+        read_committed reader's end offset and the group's lag never reaches 0."""
+        key = (source, partition)
+        if key not in self._done:
+            return  # no seek reported yet (the consumer is recovering): the position is not ours yet
+        if position > max(step.done.get(key, -1), self._done[key]):
+            step.done[key] = position
+            if source is Source.WEBHOOKS:
+                step.webhooks_done[partition] = position
+
+    def _note_done(self, step: Step) -> None:
+        for key, next_offset in step.done.items():
+            if next_offset > self._done.get(key, -1):
+                self._done[key] = next_offset
 
     def release(self, now: float) -> Step:
         """Decide what the aligner lets go now (after a round, or at the hold limit)."""
         step = Step()
         self._release(now, step)
+        self._note_done(step)
         return step
 
     def _release(self, now: float, step: Step) -> None:
         if not self.ready:
             return
-        out = step.outputs
         decide = self.processor.request
         for partition, released in self.aligner.release(now):
-            decide(released.record, out, released.past_limit)
+            decide(released.record, step.out(partition), released.past_limit)
             step.done[(Source.REQUESTS, partition)] = released.record.offset + 1
             if self.aligner.enabled:
                 self.metrics.hold_seconds.observe(released.held_seconds)
@@ -130,6 +155,11 @@ class Pipeline:
     def reset(self, topic: str, partition: int, position: int | None) -> None:
         """The consumer sought ``(topic, partition)`` to ``position`` (None: the partition was revoked)."""
         source = self.sources.get(topic)
+        if source is not None:
+            if position is None:
+                self._done.pop((source, partition), None)
+            else:
+                self._done[(source, partition)] = position
         if source is Source.INBOUND:
             self.aligner.reset_inbound(partition, position)
         elif source is Source.WEBHOOKS:

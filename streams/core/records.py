@@ -64,13 +64,31 @@ class Output:
 
 @dataclass(slots=True)
 class Step:
-    """The work of one call into the pipeline: produce ``outputs``, then the input offsets in ``done``
+    """The work of one call into the pipeline: produce the outputs, then the input offsets in ``done``
     are processed (committable). ``webhooks_done`` names the wa.webhooks partitions whose bodies up to
-    the offset are normalized: once these outputs are on the broker, requests may count on them."""
+    the offset are normalized: once these outputs are on the broker, requests may count on them.
 
-    outputs: list[Output] = field(default_factory=list)
+    Outputs are kept by the input partition whose records made them (``by_partition``): under
+    exactly-once each input partition's outputs and offsets go into that partition's transaction."""
+
+    by_partition: dict[int, list[Output]] = field(default_factory=dict)
     done: dict[tuple[Source, int], int] = field(default_factory=dict)  # (source, partition) -> next offset
     webhooks_done: dict[int, int] = field(default_factory=dict)
 
+    def out(self, partition: int) -> list[Output]:
+        """Where the outputs made from input partition ``partition``'s records go."""
+        outputs = self.by_partition.get(partition)
+        if outputs is None:
+            outputs = self.by_partition[partition] = []
+        return outputs
+
+    @property
+    def outputs(self) -> list[Output]:
+        return [output for outputs in self.by_partition.values() for output in outputs]
+
+    def partitions(self) -> set[int]:
+        """Every input partition with outputs or offsets in this step."""
+        return {p for p, outputs in self.by_partition.items() if outputs} | {p for _, p in self.done}
+
     def __bool__(self) -> bool:
-        return bool(self.outputs or self.done or self.webhooks_done)
+        return bool(any(self.by_partition.values()) or self.done or self.webhooks_done)

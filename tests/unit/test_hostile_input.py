@@ -23,7 +23,7 @@ scalars = (
     | st.integers(min_value=-(2**63), max_value=2**64 - 1)  # what JSON encoders write
     | st.floats(allow_nan=False)  # orjson writes no NaN; NaN and Infinity come as raw text below
     | st.text(max_size=40)
-    | st.characters().map(lambda c: c * 100_000)  # huge strings
+    | st.characters(codec="utf-8").map(lambda c: c * 100_000)  # huge strings
 )
 json_values = st.recursive(
     scalars,

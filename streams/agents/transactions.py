@@ -1,0 +1,194 @@
+"""Exactly-once: one Kafka transaction stream per input partition.
+
+Partition ``p`` of wa.inbound, wa.outbound.requests and wa.webhooks (co-partitioned, always owned
+by one worker together) has a transactional producer of its own, ``<app id>-p<p>``. Everything the
+pipeline makes from those partitions' records (decisions, state changelog writes, window events,
+normalized inbound events, dead letters, re-partitioned strays) and the input offsets that made it
+are committed in one transaction: a read_committed reader sees all of it or none of it.
+
+Why one producer per partition and not one per worker: aiokafka's ``send_offsets_to_transaction``
+sends no consumer group metadata (no KIP-447 fencing), so a zombie is fenced only by the
+transactional id, which therefore has to follow the partition. A worker that takes partition ``p``
+over starts ``<app id>-p<p>`` before it reads the committed offsets (``prepare``): the broker then
+aborts the previous owner's open transaction, or waits for it to complete, so the offsets it reads
+match the outputs that are visible.
+
+A lane runs one transaction at a time; what the pipeline submits meanwhile goes into the next one
+(so throughput does not depend on the transaction round trips, only latency does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+
+from streams.core.records import Output
+
+log = logging.getLogger(__name__)
+
+SendOutputs = Callable[[Any, list[Output]], Awaitable[list[Any]]]
+ProducerFactory = Callable[[str], AIOKafkaProducer]
+
+# A lane whose pending outputs pass this makes the pipeline wait (the fetch loop slows down to the
+# pace of the transactions instead of piling outputs up in memory).
+MAX_PENDING_OUTPUTS = 20_000
+
+
+@dataclass
+class _Lane:
+    partition: int
+    producer: AIOKafkaProducer
+    outputs: list[Output] = field(default_factory=list)
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    on_committed: list[Callable[[], None]] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+    committed: int = 0  # transactions committed (for the tests and the metrics)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.outputs or self.offsets or self.on_committed)
+
+
+class PartitionTransactions:
+    def __init__(
+        self,
+        transactional_id_prefix: str,
+        group_id: str,
+        new_producer: ProducerFactory,
+        send_outputs: SendOutputs,
+        on_failure: Callable[[BaseException], None],
+        on_commit: Callable[[int], None] | None = None,
+    ) -> None:
+        self.prefix = transactional_id_prefix
+        self.group_id = group_id
+        self.new_producer = new_producer
+        self.send_outputs = send_outputs
+        self.on_failure = on_failure
+        self.on_commit = on_commit  # called with the number of transactions just committed (metrics)
+        self.lanes: dict[int, _Lane] = {}
+        self.failed: BaseException | None = None
+
+    def transactional_id(self, partition: int) -> str:
+        return f"{self.prefix}-p{partition}"
+
+    async def prepare(self, partitions: Iterable[int]) -> None:
+        """The assignment is ``partitions``: close the lanes of partitions no longer ours, start a
+        producer for each new one. Starting it (InitProducerId) fences the previous owner's producer
+        and resolves its open transaction: call this before reading the committed offsets."""
+        wanted = set(partitions)
+        await self.close(set(self.lanes) - wanted)
+        new = sorted(wanted - set(self.lanes))
+        producers = {p: self.new_producer(self.transactional_id(p)) for p in new}
+        results = await asyncio.gather(
+            *(producer.start() for producer in producers.values()), return_exceptions=True
+        )
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        for (partition, producer), result in zip(producers.items(), results, strict=True):
+            if isinstance(result, BaseException):
+                await _stop_quietly(producer)
+            elif failure is None:
+                self.lanes[partition] = _Lane(partition, producer)
+            else:
+                await _stop_quietly(producer)
+        if failure is not None:
+            raise failure
+
+    def submit(
+        self,
+        partition: int,
+        outputs: list[Output],
+        offsets: dict[TopicPartition, int],
+        on_committed: Callable[[], None] | None = None,
+    ) -> None:
+        """Queue work for ``partition``'s next transaction (synchronous: submissions keep their order)."""
+        if self.failed is not None:
+            raise RuntimeError("a transaction failed; the worker is stopping") from self.failed
+        lane = self.lanes.get(partition)
+        if lane is None:
+            # The pipeline only has records of assigned partitions, and every one has a lane.
+            raise RuntimeError(f"no transactional producer for partition {partition} (not assigned)")
+        lane.outputs.extend(outputs)
+        for tp, offset in offsets.items():
+            lane.offsets[tp] = max(offset, lane.offsets.get(tp, -1))
+        if on_committed is not None:
+            lane.on_committed.append(on_committed)
+        if lane.task is None or lane.task.done():
+            lane.task = asyncio.create_task(self._run(lane), name=f"wagate-txn-p{partition}")
+
+    async def wait_capacity(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            lane = self.lanes.get(partition)
+            while lane is not None and len(lane.outputs) > MAX_PENDING_OUTPUTS and self.failed is None:
+                lane.progress.clear()
+                await lane.progress.wait()
+
+    async def flush(self, partitions: Iterable[int] | None = None) -> None:
+        """Wait until everything submitted for ``partitions`` (all: None) is committed."""
+        for partition in list(self.lanes) if partitions is None else partitions:
+            lane = self.lanes.get(partition)
+            while lane is not None and self.failed is None:
+                task = lane.task
+                if task is None or task.done():  # a submit after the task ended starts a new one
+                    break
+                await asyncio.shield(task)
+        if self.failed is not None:
+            raise RuntimeError("a transaction failed") from self.failed
+
+    async def close(self, partitions: Iterable[int] | None = None) -> None:
+        """Flush, then stop the producers of ``partitions`` (all: None)."""
+        for partition in list(self.lanes) if partitions is None else list(partitions):
+            lane = self.lanes.get(partition)
+            if lane is None:
+                continue
+            try:
+                await self.flush([partition])
+            finally:
+                self.lanes.pop(partition, None)
+                await _stop_quietly(lane.producer)
+
+    def committed(self) -> int:
+        return sum(lane.committed for lane in self.lanes.values())
+
+    async def _run(self, lane: _Lane) -> None:
+        producer = lane.producer
+        try:
+            while lane.pending:
+                outputs, offsets, callbacks = lane.outputs, lane.offsets, lane.on_committed
+                lane.outputs, lane.offsets, lane.on_committed = [], {}, []
+                await producer.begin_transaction()
+                await self.send_outputs(producer, outputs)
+                if offsets:
+                    await producer.send_offsets_to_transaction(offsets, self.group_id)
+                await producer.commit_transaction()
+                lane.committed += 1
+                if self.on_commit is not None:
+                    self.on_commit(1)
+                for callback in callbacks:
+                    callback()
+                lane.progress.set()
+        except Exception as exc:  # fenced (a zombie), broker gone past retries, a failed batch
+            # Nothing of the open transaction becomes visible; the worker stops, and whoever takes
+            # the partition over (this worker restarted, or another) starts from the last commit.
+            self.failed = exc
+            lane.progress.set()
+            log.critical(
+                "transaction of partition %d failed (%s: %s); stopping so that it is redone from the "
+                "last committed offsets",
+                lane.partition,
+                type(exc).__name__,
+                exc,
+            )
+            self.on_failure(exc)
+
+
+async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    try:
+        await producer.stop()
+    except Exception as exc:  # a fenced or broken producer may fail to stop cleanly: it is gone anyway
+        log.warning("stopping a transactional producer: %s", type(exc).__name__)
