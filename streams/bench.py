@@ -10,6 +10,11 @@ contacts each write (acknowledged) and get a free-form request at once: how many
 ``window_open`` (right) and how long they took. The reference has no ordering: it shows the cost of
 being wrong; the gate with ``WAGATE_MAX_HOLD_SECONDS=0`` shows what holding costs when nothing lags.
 
+Systems: ``gate`` (the defaults: exactly_once, ordering on), ``gate_at_least_once`` (no transactions),
+``gate_unordered`` (``WAGATE_MAX_HOLD_SECONDS=0``), ``gate_garbage`` (the defaults, with one garbage
+record after every ten of the workload: random bytes, deep nesting, NaN, tombstones, keys that are not
+UTF-8, wrong types, far-past timestamps, 100 KB strings, and a few 1 MB values), and the reference.
+
 The reference is ``python -m streams.bench reference``: consume -> orjson -> the same policy
 functions -> produce, with a plain dict for state. It bounds what Python and Kafka do here.
 """
@@ -44,8 +49,38 @@ TEMPLATE = {"name": "order_update", "language": {"code": "en"}, "components": []
 @dataclass
 class Workload:
     openers: list[tuple[bytes, bytes]]  # (key, value) for wa.inbound, produced before anything else
-    mixed: list[tuple[str, bytes, bytes]]  # ("inbound"|"requests", key, value), interleaved
+    mixed: list[tuple[str, bytes | None, bytes | None]]  # ("inbound"|"requests", key, value), interleaved
     requests: int
+
+
+GARBAGE_EVERY = 10  # gate_garbage: one garbage record after every this many records
+
+
+def with_garbage(workload: Workload, seed: int = 11) -> Workload:
+    """The same workload with a garbage record after every ``GARBAGE_EVERY`` records (in turn on
+    wa.outbound.requests and wa.inbound). None of them is one of the requests whose decision is
+    waited for: what is measured is how much the garbage slows the valid records down."""
+    rng = random.Random(seed)
+    huge = b"x" * 100_000
+    megabyte = b'{"request_id": "' + b"m" * 1_000_000 + b'"}'
+    kinds: list[Any] = [
+        lambda n: (None, rng.randbytes(rng.randint(1, 300))),  # random bytes
+        lambda n: (b"k", b"[" * 3_000 + b"]" * 3_000),  # deep nesting
+        lambda n: (b"k", b'{"request_id": "g%d", "timestamp": NaN}' % n),  # NaN: not JSON
+        lambda n: (b"k", None),  # a tombstone
+        lambda n: (rng.randbytes(12) + b"\xff", b'{"to": 5}'),  # key not UTF-8, wrong type
+        lambda n: (b"k", b'{"request_id": "g%d", "origin": 7, "timestamp": -1e18}' % n),  # wrong types
+        lambda n: (b"k", b'{"request_id": "g%d", "message": "' % n + huge + b'"}'),  # a 100 KB string
+    ]
+    mixed: list[tuple[str, bytes | None, bytes | None]] = []
+    garbage = 0
+    for i, record in enumerate(workload.mixed):
+        mixed.append(record)
+        if i % GARBAGE_EVERY == GARBAGE_EVERY - 1:
+            key, value = (b"k", megabyte) if garbage % 5_000 == 0 else rng.choice(kinds)(garbage)
+            mixed.append(("requests" if garbage % 2 == 0 else "inbound", key, value))
+            garbage += 1
+    return Workload(workload.openers, mixed, workload.requests)
 
 
 def build_workload(requests: int, contacts: int, now: float, seed: int = 7) -> Workload:
@@ -69,7 +104,7 @@ def build_workload(requests: int, contacts: int, now: float, seed: int = 7) -> W
             openers.append(inbound(f"u{c}", now - rng.uniform(60, 20 * 3600), 0))
         elif roll < 0.75:  # lapsed: wrote 30 h ago
             openers.append(inbound(f"u{c}", now - 30 * 3600, 0))
-    mixed: list[tuple[str, bytes, bytes]] = []
+    mixed: list[tuple[str, bytes | None, bytes | None]] = []
     for i in range(requests):
         user = f"u{rng.randrange(contacts)}"
         roll = rng.random()
@@ -176,11 +211,15 @@ def _child_env(settings: Settings, prefix: str, data_dir: str) -> dict[str, str]
 
 SETTLE_SECONDS = 5.0
 
+_WORKER = ["-m", "streams.cli", "worker"]
+
 # The systems measured: how each starts, and extra settings.
 SYSTEMS: dict[str, tuple[list[str], dict[str, str]]] = {
     "reference": (["-m", "streams.bench", "reference"], {}),
-    "gate": (["-m", "streams.cli", "worker"], {}),
-    "gate_unordered": (["-m", "streams.cli", "worker"], {"WAGATE_MAX_HOLD_SECONDS": "0"}),
+    "gate": (_WORKER, {}),
+    "gate_at_least_once": (_WORKER, {"WAGATE_PROCESSING_GUARANTEE": "at_least_once"}),
+    "gate_unordered": (_WORKER, {"WAGATE_MAX_HOLD_SECONDS": "0"}),
+    "gate_garbage": (_WORKER, {}),  # fed with_garbage(workload)
 }
 
 
@@ -275,6 +314,7 @@ async def measure(
         acks="all",
         linger_ms=10,
         max_batch_size=256 * 1024,
+        max_request_size=2 * 1024 * 1024,  # the 1 MB garbage values
     )
     await producer.start()
     # Requests whose latency is measured go out at once: the harness's own linger is not the gate's.
@@ -298,8 +338,8 @@ async def measure(
         for key, value in workload.openers:
             await producer.send(topo.inbound.name, value, key=key)
         topic_of = {"inbound": topo.inbound.name, "requests": topo.requests.name}
-        for kind, key, value in workload.mixed:
-            await producer.send(topic_of[kind], value, key=key)
+        for kind, mixed_key, mixed_value in workload.mixed:
+            await producer.send(topic_of[kind], mixed_value, key=mixed_key)
         await producer.flush()
         wanted = {f"b{i}" for i in range(workload.requests)}
         arrivals: dict[str, float] = {}
@@ -426,20 +466,25 @@ async def run_bench(
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="wagate-bench-") as tmp:
         for system in systems:
-            results[system] = await measure(system, settings, workload, paced, rate, Path(tmp))
+            load = with_garbage(workload) if system == "gate_garbage" else workload
+            results[system] = await measure(system, settings, load, paced, rate, Path(tmp))
     if set(systems) != set(SYSTEMS):  # a partial run (profiling): the figures, no ratios
         print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
         return 0
-    reference, gate, unordered = results["reference"], results["gate"], results["gate_unordered"]
+    reference, gate = results["reference"], results["gate"]
     result = {
         "requests": requests,
         "contacts": contacts,
         "inbound_events": len(workload.openers)
         + sum(1 for kind, _, _ in workload.mixed if kind == "inbound"),
         "partitions": settings.partitions,
-        "gate": gate,
-        "gate_unordered": unordered,
-        "reference": reference,
+        **{system: results[system] for system in SYSTEMS},
+        "ratio_at_least_once_over_exactly_once": round(
+            results["gate_at_least_once"]["decisions_per_s"] / gate["decisions_per_s"], 3
+        ),
+        "ratio_garbage_over_clean": round(
+            results["gate_garbage"]["decisions_per_s"] / gate["decisions_per_s"], 3
+        ),
         "ratio_gate_over_reference": round(gate["decisions_per_s"] / reference["decisions_per_s"], 3),
         "cpu_ratio_gate_over_reference": round(
             gate["cpu_seconds_per_100k_decisions"] / reference["cpu_seconds_per_100k_decisions"], 3

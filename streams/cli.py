@@ -292,9 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default=None, help="also write the JSON result to this file")
     bench.add_argument(
         "--systems",
-        default="reference,gate,gate_unordered",
-        help="comma-separated subset to measure (ratios are printed only for all three; a subset is for "
-        "profiling one system, e.g. --systems gate)",
+        default="reference,gate,gate_at_least_once,gate_unordered,gate_garbage",
+        help="comma-separated subset to measure (ratios are printed only for all of them; a subset is "
+        "for profiling one system, e.g. --systems gate)",
     )
     bench.set_defaults(func=cmd_bench)
     return parser

@@ -92,9 +92,9 @@ class Pipeline:
             self.aligner.resolve_from_fetches(by_source[Source.INBOUND], by_source[Source.WEBHOOKS])
         self._release(now, step)
         for (topic, partition), position in (positions or {}).items():
-            source = self.sources.get(topic)
-            if source is not None and not (source is Source.REQUESTS and self.aligner.holds(partition)):
-                self._past_markers(step, source, partition, position)
+            of_topic = self.sources.get(topic)
+            if of_topic is not None and not (of_topic is Source.REQUESTS and self.aligner.holds(partition)):
+                self._past_markers(step, of_topic, partition, position)
         self._note_done(step)
         return step
 

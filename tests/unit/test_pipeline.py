@@ -452,3 +452,49 @@ def test_every_request_sees_every_opener_written_before_it(
     decided = {rid: d["reason"] for rid, d in h.decisions().items()}
     assert len(decided) == sum(1 for kind, _ in writes if kind == "request")
     assert {rid: decided[rid] for rid in expected} == expected
+
+
+def test_offsets_past_transaction_markers_are_done_once_every_record_below_is_processed() -> None:
+    """Transactional writers leave commit markers after their records; the consumer's position is past
+    them. Committing only up to the last record leaves the group's lag above 0 for ever."""
+    h = Harness()
+    h.pipeline.reset(h.topo.requests.name, 0, 0)
+    h.pipeline.reset(h.topo.requests.name, 1, 0)
+    opener = h.opener("ann")
+    inbound_tp = (h.topo.inbound.name, opener.partition)
+    h.feed([opener], positions={inbound_tp: opener.offset + 2})  # record, then its commit marker
+    assert h.done[(Source.INBOUND, opener.partition)] == opener.offset + 2
+    # A request is held (no barrier yet): its partition's position is not done past it.
+    request = h.request("bob", "r1")
+    requests_tp = (h.topo.requests.name, request.partition)
+    h.feed([request], positions={requests_tp: request.offset + 2})
+    assert (Source.REQUESTS, request.partition) not in h.done
+    assert h.round()
+    assert h.done[(Source.REQUESTS, request.partition)] == request.offset + 1
+    h.feed([], positions={requests_tp: request.offset + 2})  # nothing held any more
+    assert h.done[(Source.REQUESTS, request.partition)] == request.offset + 2
+
+
+def test_a_position_before_the_partition_was_sought_is_not_done() -> None:
+    # During recovery the consumer reports positions of partitions the pipeline has not been given.
+    h = Harness()
+    step = h.pipeline.feed({}, 0.0, {(h.topo.requests.name, 0): 7})
+    assert not step
+
+
+def test_a_step_keeps_each_input_partitions_outputs_apart() -> None:
+    """Under exactly_once each input partition's outputs go into that partition's transaction."""
+    h = Harness()
+    users: dict[int, str] = {}
+    for name in ("ann", "bob", "cid", "dan", "eve"):
+        users.setdefault(h.key(name)[1], name)
+    assert len(users) == PARTITIONS
+    records = [h.opener(user) for user in users.values()]
+    batches: dict[tuple[str, int], list[Record]] = {}
+    for record in records:
+        batches.setdefault((record.topic, record.partition), []).append(record)
+    step = h.pipeline.feed(batches, 0.0)
+    assert step.partitions() == set(users)
+    for partition, outputs in step.by_partition.items():
+        changelog = [o for o in outputs if o.topic == h.topo.contact_state_changelog.name]
+        assert changelog and all(o.partition == partition for o in changelog)
