@@ -83,7 +83,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     gate = create_app(settings)
     GateWorker(
-        gate.app, loglevel=settings.log_level.upper(), data_dir=settings.data_dir
+        gate.app,
+        loglevel=settings.log_level.upper(),
+        data_dir=settings.data_dir,
+        committed_state_only=settings.processing_guarantee == "exactly_once",
     ).execute_from_commandline()
     return 0
 

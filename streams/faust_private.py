@@ -122,20 +122,56 @@ class PartitionedState:
     Faust's RocksDB store picks the partition database from the ambient ``current_event()``; the
     pipeline has no current event (it works on batches), so the partition is always passed in.
     The memory store (unit tests only) has one dict for every partition.
+
+    ``deferred`` (exactly_once): writes wait in memory until ``committed`` says their transaction is
+    committed; reads see them at once. RocksDB then never holds a write that a crash could abort.
     """
 
-    def __init__(self, table: Any, partition_of: Callable[[bytes], int]) -> None:
+    def __init__(self, table: Any, partition_of: Callable[[bytes], int], deferred: bool = False) -> None:
         self.table = table
         self.partition_of = partition_of  # key bytes -> partition, for the memory store's scan
+        self.deferred = deferred
+        self._pending: dict[int, dict[bytes, bytes]] = {}
 
     def get(self, partition: int, key: bytes) -> bytes | None:
+        if self.deferred:
+            pending = self._pending.get(partition)
+            if pending:
+                value = pending.get(key)
+                if value is not None:
+                    return value
+        return self._read(partition, key)
+
+    def put(self, partition: int, key: bytes, value: bytes) -> None:
+        if self.deferred:
+            self._pending.setdefault(partition, {})[key] = value
+        else:
+            self._write(partition, key, value)
+
+    def committed(self, partition: int, writes: Iterable[tuple[bytes, bytes]]) -> None:
+        """The transaction holding ``writes`` committed: into the store (a write made since, by a later
+        step, stays pending: it is the newer value)."""
+        pending = self._pending.get(partition, {})
+        for key, value in writes:
+            self._write(partition, key, value)
+            if pending.get(key) is value:
+                del pending[key]
+
+    def forget(self, partition: int) -> None:
+        """The partition is gone (revoked): drop what is pending for it."""
+        self._pending.pop(partition, None)
+
+    def pending(self, partition: int) -> int:
+        return len(self._pending.get(partition, ()))
+
+    def _read(self, partition: int, key: bytes) -> bytes | None:
         store = self.table.data
         if isinstance(store, faust_rocksdb.Store):
             value: bytes | None = store._db_for_partition(partition).get(key)
             return value
         return store.get(key)  # type: ignore[no-any-return]
 
-    def put(self, partition: int, key: bytes, value: bytes) -> None:
+    def _write(self, partition: int, key: bytes, value: bytes) -> None:
         store = self.table.data
         if isinstance(store, faust_rocksdb.Store):
             # (Faust's Store._set also records the key's partition in an LRU index, for table reads
@@ -145,7 +181,14 @@ class PartitionedState:
             store[key] = value
 
     def scan(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
-        """Every (key, value) of one partition, as of when the scan starts (a RocksDB iterator)."""
+        """Every (key, value) of one partition, as of when the scan starts (a RocksDB iterator), with
+        pending writes taking precedence."""
+        pending = dict(self._pending.get(partition, {}))
+        for key, value in self._scan_store(partition):
+            yield key, pending.pop(key, value)
+        yield from pending.items()
+
+    def _scan_store(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
         store = self.table.data
         if isinstance(store, faust_rocksdb.Store):
             for key, value in store._db_for_partition(partition).items():
@@ -235,6 +278,7 @@ class PipelineConsumer(faust_aiokafka.Consumer):
         self._positions_warned = False
         # Recovery: the offset of the last changelog record fetched per partition since its last seek.
         self._last_changelog_record: dict[TP, int] = {}
+        self._assigning: asyncio.Future[None] | None = None  # the sink's on_assigned, started early
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -248,6 +292,9 @@ class PipelineConsumer(faust_aiokafka.Consumer):
             if self.sink is not None:
                 # exactly_once: the partitions' transactional producers start (fencing the previous
                 # owner's, resolving its open transaction) before the committed offsets are read.
+                assigning, self._assigning = self._assigning, None
+                if assigning is not None:
+                    await assigning
                 sink_topics = self.sink.topics
                 await self.sink.on_assigned(
                     {tp.partition for tp in self.assignment() if tp.topic in sink_topics}
@@ -282,6 +329,14 @@ class PipelineConsumer(faust_aiokafka.Consumer):
             ours.update(await self.earliest_offsets(*unknown))
         if ours:
             sink.on_positions(ours)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        if self.sink is not None:
+            # Started now, awaited before the committed offsets are read: it runs beside the table's
+            # recovery instead of after it (fencing a dead owner's producer can take seconds).
+            partitions = {tp.partition for tp in assigned if tp.topic in self.sink.topics}
+            self._assigning = asyncio.ensure_future(self.sink.on_assigned(partitions))
+        await super().on_partitions_assigned(assigned, generation_id)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         if self.sink is not None:

@@ -1,5 +1,6 @@
 """The Faust worker process, with logging that is quiet, cheap and free of payloads, and local state
-that is trusted only after a clean stop."""
+that is trusted only after a clean stop (at_least_once) or always (exactly_once: RocksDB only ever
+holds committed writes)."""
 
 from __future__ import annotations
 
@@ -37,12 +38,24 @@ def discard_state_after_a_crash(data_dir: Path, table_dir: Path) -> bool:
 
 
 class GateWorker(faust.Worker):
-    def __init__(self, app: faust.App, loglevel: str, data_dir: Path | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: faust.App,
+        loglevel: str,
+        data_dir: Path | None = None,
+        committed_state_only: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(app, loglevel=loglevel, quiet=True, **kwargs)
         # Faust's terminal spinner puts the root logger at DEBUG, so every produce built a log record.
         self.spinner = None
         self.data_dir = data_dir
-        if data_dir is not None and discard_state_after_a_crash(data_dir, Path(app.conf.tabledir)):
+        if committed_state_only:
+            # exactly_once: state reaches RocksDB only when its transaction commits, so after a crash
+            # the local state is a prefix of the changelog: recovery replays only the tail.
+            if data_dir is not None:
+                (data_dir / CLEAN_STOP_MARKER).unlink(missing_ok=True)
+        elif data_dir is not None and discard_state_after_a_crash(data_dir, Path(app.conf.tabledir)):
             log.warning("the last run did not stop cleanly: local state dropped, rebuilt from the changelog")
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:

@@ -27,6 +27,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -51,6 +52,16 @@ from streams.settings import Settings
 from streams.topology import Topology
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """One record batch handed to a producer: its topic, how many records, its delivery future."""
+
+    topic: str
+    count: int
+    future: Any
+
 
 # While a cohort waits for other workers' webhook progress, ask again this often.
 _ROUND_RETRY_SECONDS = 0.05
@@ -78,7 +89,12 @@ class PipelineRunner:
         self.metrics = metrics
         self.clock = clock
         self.partitions = topo.requests.partitions
-        self.state = PartitionedState(table, lambda key: partition_for(key, self.partitions))
+        self.exactly_once = settings.processing_guarantee == "exactly_once"
+        # exactly_once: state writes reach RocksDB when their transaction commits, so the local state
+        # is always a prefix of the committed changelog and survives a crash (only the tail replays).
+        self.state = PartitionedState(
+            table, lambda key: partition_for(key, self.partitions), deferred=self.exactly_once
+        )
         self.rules = rules
         window_events = settings.window_events_enabled
         self.windows = WindowScheduler(
@@ -107,7 +123,6 @@ class PipelineRunner:
         self._partition_counts: dict[str, int] = {}
         self._changelog = topo.contact_state_changelog.name
         self._source_topics = {source: topic for topic, source in self.pipeline.sources.items()}
-        self.exactly_once = settings.processing_guarantee == "exactly_once"
         self.transactions: PartitionTransactions | None = None
         if self.exactly_once:
             self.transactions = PartitionTransactions(
@@ -116,7 +131,7 @@ class PipelineRunner:
                 self._transactional_producer,
                 self._send_outputs,
                 self._crash,
-                metrics.transactions.inc,
+                self._transaction_committed,
             )
         metrics.open_windows.set_function(lambda: self.windows.open_windows)
         metrics.requests_held.set_function(lambda: self.aligner.held)
@@ -142,7 +157,9 @@ class PipelineRunner:
         if not current():
             return
         step = self.pipeline.feed(batches, time.monotonic(), positions, views)  # type: ignore[arg-type]
-        if self.aligner.enabled and any(tp.topic == self.topo.requests.name for tp in batches):
+        if self.pipeline.backlogged or (
+            self.aligner.enabled and any(tp.topic == self.topo.requests.name for tp in batches)
+        ):
             self._wake.set()
         await self._emit(step)
 
@@ -165,6 +182,8 @@ class PipelineRunner:
         """``partitions`` are being revoked: what was submitted for them is committed first."""
         if self.transactions is not None:
             await self.transactions.flush(partitions)
+            for partition in partitions:
+                self.state.forget(partition)  # nothing is pending once all is committed
 
     def on_positions(self, positions: Mapping[TP, int | None]) -> None:
         for tp, position in positions.items():
@@ -214,6 +233,20 @@ class PipelineRunner:
                 on_committed = functools.partial(self._webhooks_committed, partition, webhooks_next)
             self.transactions.submit(partition, step.by_partition.get(partition, []), offsets, on_committed)
 
+    def _transaction_committed(self, outputs: list[Output], sent: list[Sent]) -> None:
+        """A transaction committed: its state writes go to RocksDB, then recovery's start moves past
+        its changelog records (a crash in between replays them: the same values again)."""
+        self.metrics.transactions.inc()
+        writes: dict[int, list[tuple[bytes, bytes]]] = {}
+        for output in outputs:
+            if output.topic == self._changelog and output.key is not None and output.value is not None:
+                writes.setdefault(output.partition or 0, []).append((output.key, output.value))
+        for partition, items in writes.items():
+            self.state.committed(partition, items)
+        for item in sent:
+            if item.topic == self._changelog and item.count:
+                self._on_changelog_delivered(item.future, item.count)
+
     def _webhooks_committed(self, partition: int, next_offset: int) -> None:
         self.aligner.webhooks_on_broker(partition, next_offset, int(1000 * time.time()))
         self._wake.set()
@@ -238,11 +271,12 @@ class PipelineRunner:
     async def _send_all(self, outputs: list[Output]) -> list[Any]:
         """at_least_once: ``outputs`` into Faust's aiokafka producer (which Faust flushes before every
         commit)."""
-        return await self._send_outputs(kafka_producer(self.app), outputs, drain_first=True)
+        sent = await self._send_outputs(kafka_producer(self.app), outputs, drain_first=True)
+        return [item.future for item in sent]
 
     async def _send_outputs(
         self, producer: Any, outputs: list[Output], drain_first: bool = False
-    ) -> list[Any]:
+    ) -> list[Sent]:
         """``outputs`` into ``producer``, one record batch per topic and partition: a per-record
         ``send`` cost more than the gate's policy."""
         grouped: dict[tuple[str, int], list[Output]] = {}
@@ -258,43 +292,44 @@ class PipelineRunner:
         if drain_first:
             await wait_until_drained(producer, grouped)
         grouped = dict(sorted(grouped.items(), key=lambda item: item[0][0] == self._changelog))
-        futures = []
+        sent: list[Sent] = []
         for (topic, partition), records in grouped.items():
             batch = producer.create_batch()
             count = 0
             for output in records:
                 if batch.append(key=output.key, value=output.value, timestamp=output.timestamp_ms) is None:
                     if count:  # full: send it, start the next
-                        futures.append(await self._send_batch(producer, batch, topic, partition, count))
+                        sent.append(await self._send_batch(producer, batch, topic, partition, count))
                         batch, count = producer.create_batch(), 0
                     if (
                         batch.append(key=output.key, value=output.value, timestamp=output.timestamp_ms)
                         is None
                     ):
                         # Larger than a batch: alone, with the producer's own size check and error.
-                        futures.append(await self._send_one(producer, output, topic, partition))
+                        sent.append(await self._send_one(producer, output, topic, partition))
                         continue
                 count += 1
             if count:
-                futures.append(await self._send_batch(producer, batch, topic, partition, count))
-        return futures
+                sent.append(await self._send_batch(producer, batch, topic, partition, count))
+        return sent
 
-    async def _send_batch(self, producer: Any, batch: Any, topic: str, partition: int, count: int) -> Any:
+    async def _send_batch(self, producer: Any, batch: Any, topic: str, partition: int, count: int) -> Sent:
         fut = await producer.send_batch(batch, topic, partition=partition)
         return self._watch_delivery(fut, topic, count)
 
-    async def _send_one(self, producer: Any, output: Output, topic: str, partition: int) -> Any:
+    async def _send_one(self, producer: Any, output: Output, topic: str, partition: int) -> Sent:
         fut = await producer.send(
             topic, output.value, key=output.key, partition=partition, timestamp_ms=output.timestamp_ms
         )
         return self._watch_delivery(fut, topic, 1)
 
-    def _watch_delivery(self, fut: Any, topic: str, count: int) -> Any:
-        """A failed delivery crashes the worker; a delivered changelog batch moves recovery's start."""
+    def _watch_delivery(self, fut: Any, topic: str, count: int) -> Sent:
+        """A failed delivery crashes the worker; at_least_once, a delivered changelog batch moves
+        recovery's start (exactly_once: the commit does, see ``_transaction_committed``)."""
         fut.add_done_callback(self._on_delivered)
-        if topic == self._changelog:
+        if topic == self._changelog and not self.exactly_once:
             fut.add_done_callback(lambda done: self._on_changelog_delivered(done, count))
-        return fut
+        return Sent(topic, count, fut)
 
     async def _partition_of(self, producer: Any, output: Output) -> int:
         """Topics written without an explicit partition (dead letters, templates, numbers): by key, as
@@ -360,7 +395,10 @@ class PipelineRunner:
                 if not self.pipeline.ready or self.app.rebalancing:
                     await asyncio.sleep(_ROUND_RETRY_SECONDS)  # nothing is decided meanwhile
                     continue
-                await self._emit(self.pipeline.release(now))  # the hold limit
+                await self._emit(self.pipeline.release(now))  # the hold limit, or what a budget left
+                if self.pipeline.backlogged:
+                    await asyncio.sleep(0)  # fetches, transactions and heartbeats get their turn
+                    continue
                 retry = self.aligner.has_waiting and now - last_retry >= _ROUND_RETRY_SECONDS
                 due = oldest is not None and now - oldest >= _ROUND_GRACE_SECONDS
                 if (due or retry) and len(rounds) < _MAX_ROUNDS:
@@ -397,11 +435,13 @@ class PipelineRunner:
         await self._emit(
             self.pipeline.complete_round(plan, remote, webhook_ends, inbound_ends, time.monotonic())
         )
+        if self.pipeline.backlogged:
+            self._wake.set()
 
     async def _read_round(self, plan: RoundPlan) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
         remote: dict[int, int] = {}
         if plan.remote_webhooks:  # read before the end offsets: what it shows is on the broker by then
-            remote = await self._committed(self.topo.webhooks.name, plan.remote_webhooks)
+            remote = await self._group_committed(self.topo.webhooks.name, plan.remote_webhooks)
         webhooks, inbound = self.topo.webhooks.name, self.topo.inbound.name
         tps = [TopicPartition(webhooks, w) for w in plan.webhooks]
         tps += [TopicPartition(inbound, p) for p in plan.inbound]
@@ -424,7 +464,7 @@ class PipelineRunner:
             self._offsets_client = client
         return self._offsets_client
 
-    async def _committed(self, topic: str, partitions: list[int]) -> dict[int, int]:
+    async def _group_committed(self, topic: str, partitions: list[int]) -> dict[int, int]:
         if self._admin is None:
             admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers)
             await admin.start()

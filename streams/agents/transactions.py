@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,8 @@ from streams.core.records import Output
 log = logging.getLogger(__name__)
 
 SendOutputs = Callable[[Any, list[Output]], Awaitable[list[Any]]]
+# (the outputs of a committed transaction, what send_outputs returned for them)
+OnCommitted = Callable[[list[Output], list[Any]], None]
 ProducerFactory = Callable[[str], AIOKafkaProducer]
 
 # A lane whose pending outputs pass this makes the pipeline wait (the fetch loop slows down to the
@@ -63,16 +66,17 @@ class PartitionTransactions:
         new_producer: ProducerFactory,
         send_outputs: SendOutputs,
         on_failure: Callable[[BaseException], None],
-        on_commit: Callable[[int], None] | None = None,
+        on_commit: OnCommitted | None = None,
     ) -> None:
         self.prefix = transactional_id_prefix
         self.group_id = group_id
         self.new_producer = new_producer
         self.send_outputs = send_outputs
         self.on_failure = on_failure
-        self.on_commit = on_commit  # called with the number of transactions just committed (metrics)
+        self.on_commit = on_commit  # the committed outputs: their state writes are now durable
         self.lanes: dict[int, _Lane] = {}
         self.failed: BaseException | None = None
+        self._preparing = asyncio.Lock()
 
     def transactional_id(self, partition: int) -> str:
         return f"{self.prefix}-p{partition}"
@@ -81,7 +85,11 @@ class PartitionTransactions:
         """The assignment is ``partitions``: close the lanes of partitions no longer ours, start a
         producer for each new one. Starting it (InitProducerId) fences the previous owner's producer
         and resolves its open transaction: call this before reading the committed offsets."""
-        wanted = set(partitions)
+        async with self._preparing:
+            await self._prepare(set(partitions))
+
+    async def _prepare(self, wanted: set[int]) -> None:
+        started = time.monotonic()
         await self.close(set(self.lanes) - wanted)
         new = sorted(wanted - set(self.lanes))
         producers = {p: self.new_producer(self.transactional_id(p)) for p in new}
@@ -98,6 +106,10 @@ class PartitionTransactions:
                 await _stop_quietly(producer)
         if failure is not None:
             raise failure
+        if new:
+            log.info(
+                "transactional producers for partitions %s started in %.2f s", new, time.monotonic() - started
+            )
 
     def submit(
         self,
@@ -162,13 +174,13 @@ class PartitionTransactions:
                 outputs, offsets, callbacks = lane.outputs, lane.offsets, lane.on_committed
                 lane.outputs, lane.offsets, lane.on_committed = [], {}, []
                 await producer.begin_transaction()
-                await self.send_outputs(producer, outputs)
+                sent = await self.send_outputs(producer, outputs)
                 if offsets:
                     await producer.send_offsets_to_transaction(offsets, self.group_id)
                 await producer.commit_transaction()
                 lane.committed += 1
                 if self.on_commit is not None:
-                    self.on_commit(1)
+                    self.on_commit(outputs, sent)
                 for callback in callbacks:
                     callback()
                 lane.progress.set()

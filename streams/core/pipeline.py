@@ -18,6 +18,11 @@ from streams.core.processor import Processor
 from streams.core.records import InputRecord, Source, Step
 from streams.metrics import GateMetrics
 
+# Requests decided per call at most: a round that releases thousands of held requests at once (a
+# backlog behind a restart) would otherwise keep the event loop busy for seconds, transactions and
+# heartbeats included. The rest is released by the next call (``backlogged`` says one is due).
+RELEASE_BUDGET = 1_000
+
 
 class Pipeline:
     def __init__(
@@ -35,6 +40,7 @@ class Pipeline:
         self.ready = ready  # False until the template registry's first read is done: nothing is decided
         # Per (source, partition): the next offset last handed out as done (or sought to).
         self._done: dict[tuple[Source, int], int] = {}
+        self.backlogged = False  # the last call left ready requests undecided (the budget): call release
 
     def source(self, topic: str) -> Source | None:
         return self.sources.get(topic)
@@ -126,13 +132,19 @@ class Pipeline:
         if not self.ready:
             return
         decide = self.processor.request
-        for partition, released in self.aligner.release(now):
+        budget = RELEASE_BUDGET
+        self.backlogged = False
+        for partition, released in self.aligner.release(now):  # pops one request per iteration
             decide(released.record, step.out(partition), released.past_limit)
             step.done[(Source.REQUESTS, partition)] = released.record.offset + 1
             if self.aligner.enabled:
                 self.metrics.hold_seconds.observe(released.held_seconds)
                 if released.past_limit:
                     self.metrics.held_past_limit.inc()
+            budget -= 1
+            if budget == 0:  # stop before the next one is taken off its queue
+                self.backlogged = True
+                break
 
     # -- rounds (the adapter does the reading in between) ------------------------------------------
 

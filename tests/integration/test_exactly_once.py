@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaProducer
 from .conftest import inbound, start_and_wait, text_request
 from .harness import Gate
 
-OPEN_USERS = 40
+OPEN_USERS = 1_000
 CHUNK = 100  # requests per chunk: one for a newly opened user, one for a never-seen one
 CHUNKS_PER_SECOND = 10  # about 1,000 requests/s
 KILLS = 10
@@ -90,6 +90,13 @@ class _Load(threading.Thread):
             await producer.stop()
 
 
+def _decided(gate: Gate) -> float:
+    try:
+        return gate.worker.metric_sum("wagate_decisions_total")
+    except OSError:  # still starting: /metrics not served yet
+        return 0.0
+
+
 def test_sigkill_at_ten_random_points_every_request_decided_exactly_once(
     bootstrap: str, workdir: Path, record_property: Callable[[str, object], None]
 ) -> None:
@@ -114,7 +121,7 @@ def test_sigkill_at_ten_random_points_every_request_decided_exactly_once(
             gate.worker = gate.new_worker()
             gate.worker.start()
             deadline = killed_at + 60
-            while gate.worker.metric_sum("wagate_decisions_total") <= 0:
+            while _decided(gate) <= 0:
                 assert time.monotonic() < deadline, gate.worker.log_tail()
                 assert gate.worker.alive(), gate.worker.log_tail()
                 time.sleep(0.05)

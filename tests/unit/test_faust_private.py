@@ -51,6 +51,39 @@ def test_every_private_member_used_in_the_module_is_checked() -> None:
     )
     own = {"_fetch_lock", "_seeks", "_fetch", "_current", "_drop_stale", "_deliver_to_faust", "_deliver"}
     own |= {"_report_positions", "_fetch_state", "_positions_warned"}
-    own |= {"_end_recovery_at_markers", "_last_changelog_record"}
+    own |= {"_end_recovery_at_markers", "_last_changelog_record", "_assigning"}
+    own |= {"_write", "_read", "_scan_store", "_pending"}  # PartitionedState's own
     checked = {member for _, member in faust_private._REQUIRED}
     assert used - own - checked == set()
+
+
+class _MemoryTable:
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+
+def test_deferred_state_reaches_the_store_only_when_its_transaction_commits() -> None:
+    """exactly_once: RocksDB must never hold a write whose transaction a crash could abort."""
+    table = _MemoryTable()
+    state = faust_private.PartitionedState(table, lambda key: 0, deferred=True)
+    first, second = b"v1", b"v2"
+    state.put(0, b"k", first)
+    assert state.get(0, b"k") == b"v1"  # the pipeline reads its own writes at once
+    assert table.data == {}  # the store has nothing yet
+    state.put(0, b"k", second)  # a later step, in the next transaction
+    state.committed(0, [(b"k", first)])
+    assert table.data == {b"k": b"v1"}
+    assert state.get(0, b"k") == b"v2"  # the newer pending write still wins
+    assert dict(state.scan(0)) == {b"k": b"v2"}
+    state.committed(0, [(b"k", second)])
+    assert table.data == {b"k": b"v2"} and state.pending(0) == 0
+    state.put(0, b"other", b"x")
+    state.forget(0)  # revoked: what was pending is gone, the store is as committed
+    assert state.get(0, b"other") is None
+
+
+def test_undeferred_state_writes_through() -> None:
+    table = _MemoryTable()
+    state = faust_private.PartitionedState(table, lambda key: 0)
+    state.put(0, b"k", b"v")
+    assert table.data == {b"k": b"v"}
