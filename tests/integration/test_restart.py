@@ -1,7 +1,8 @@
 """Stop the worker mid-stream (SIGTERM, then SIGKILL with its local state wiped) and start it again.
 
 Afterwards every request has a decision, no window is forgotten or reopened, and no request is sent
-twice: a replayed request_id is rejected as a duplicate.
+twice. Under exactly_once (the default) a read_committed reader sees one decision per request; under
+at_least_once a replayed request_id is rejected as a duplicate.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def _check(gate: Gate, pnid: str, ids: list[str]) -> Counter[str]:
         extra = [r.value["reason"] for r in records if r.value["route"] != "send"]
         assert set(extra) <= {"duplicate_request"}, extra
         outcome["duplicates"] += len(extra)
+    if gate.env.get("WAGATE_PROCESSING_GUARANTEE", "exactly_once") == "exactly_once":
+        assert outcome["duplicates"] == 0, f"{outcome['duplicates']} requests decided twice"
     # After the restart: open windows are remembered, the closed one stays closed.
     gate.produce(gate.topo.requests.name, f"{pnid}:u1", text_request(pnid, "u1", f"{pnid}-after-open"))
     gate.produce(
@@ -128,8 +131,21 @@ def test_sigkill_mid_stream_then_restart_from_the_changelog(
     outcome = _stop_mid_stream_and_restart(own_gate, "kill", signal.SIGKILL, wipe_local_state=True)
     record_property("sigkill_duplicate_decisions", outcome["duplicates"])
     print(
-        f"\nSIGKILL restart: {REQUESTS} requests, {outcome['duplicates']} duplicate decisions "
-        "(at-least-once: replayed after the last commit, each rejected as duplicate_request)"
+        f"\nSIGKILL restart, local state deleted: {REQUESTS} requests, {outcome['duplicates']} decided twice"
+    )
+
+
+def test_sigkill_mid_stream_at_least_once_replays_are_rejected_as_duplicates(
+    bootstrap: str, workdir: Path, record_property: Callable[[str, object], None]
+) -> None:
+    """The at_least_once guarantee: no transactions; what was decided after the last commit is decided
+    again on replay, as duplicate_request (never a second send)."""
+    gate = Gate(bootstrap, workdir, WAGATE_PROCESSING_GUARANTEE="at_least_once")
+    outcome = _stop_mid_stream_and_restart(gate, "alo", signal.SIGKILL, wipe_local_state=False)
+    record_property("sigkill_at_least_once_duplicate_decisions", outcome["duplicates"])
+    print(
+        f"\nSIGKILL restart, at_least_once: {REQUESTS} requests, {outcome['duplicates']} duplicate_request "
+        "rejections (replays after the last commit)"
     )
 
 
