@@ -25,6 +25,51 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "WAGATE_KAFKA_BOOTSTRAP_SERVERS"),
         description="host:port[,host:port] of the Kafka cluster",
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        validation_alias=AliasChoices("KAFKA_SECURITY_PROTOCOL", "WAGATE_KAFKA_SECURITY_PROTOCOL"),
+        description="how every client talks to Kafka: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="PLAIN",
+        validation_alias=AliasChoices("KAFKA_SASL_MECHANISM", "WAGATE_KAFKA_SASL_MECHANISM"),
+        description="SASL mechanism (SASL_PLAINTEXT, SASL_SSL)",
+    )
+    kafka_sasl_username: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_SASL_USERNAME", "WAGATE_KAFKA_SASL_USERNAME"),
+        description="SASL user name (required with SASL_*)",
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_SASL_PASSWORD", "WAGATE_KAFKA_SASL_PASSWORD"),
+        description="SASL password (required with SASL_*); never logged",
+    )
+    kafka_ssl_ca_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_SSL_CA_FILE", "WAGATE_KAFKA_SSL_CA_FILE"),
+        description="PEM file of the CA(s) that signed the brokers' certificates (unset: the system's CAs)",
+    )
+    kafka_ssl_cert_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_SSL_CERT_FILE", "WAGATE_KAFKA_SSL_CERT_FILE"),
+        description="PEM client certificate (chain) for mutual TLS",
+    )
+    kafka_ssl_key_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_SSL_KEY_FILE", "WAGATE_KAFKA_SSL_KEY_FILE"),
+        description="PEM private key of the client certificate (unset: it is in KAFKA_SSL_CERT_FILE)",
+    )
+    kafka_ssl_key_password: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_SSL_KEY_PASSWORD", "WAGATE_KAFKA_SSL_KEY_PASSWORD"),
+        description="password of an encrypted client key",
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        default=True,
+        validation_alias=AliasChoices("KAFKA_SSL_CHECK_HOSTNAME", "WAGATE_KAFKA_SSL_CHECK_HOSTNAME"),
+        description="check that the broker's certificate names the host connected to",
+    )
     app_id: str = Field(
         default="wagate", description="Faust app id: consumer group and changelog topic prefix"
     )
@@ -206,6 +251,33 @@ class Settings(BaseSettings):
     def _phone_number_wabas(cls, value: str) -> str:
         parse_phone_number_wabas(value)
         return value
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL_") and (
+            not self.kafka_sasl_username or self.kafka_sasl_password is None
+        ):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            )
+        tls = protocol in ("SSL", "SASL_SSL")
+        for name, path in (
+            ("KAFKA_SSL_CA_FILE", self.kafka_ssl_ca_file),
+            ("KAFKA_SSL_CERT_FILE", self.kafka_ssl_cert_file),
+            ("KAFKA_SSL_KEY_FILE", self.kafka_ssl_key_file),
+        ):
+            if path is None:
+                continue
+            if not tls:
+                raise ValueError(
+                    f"{name} is set but KAFKA_SECURITY_PROTOCOL={protocol} uses no TLS (SSL or SASL_SSL)"
+                )
+            if not path.is_file():
+                raise ValueError(f"{name}={path}: no such file")
+        if self.kafka_ssl_key_file is not None and self.kafka_ssl_cert_file is None:
+            raise ValueError("KAFKA_SSL_KEY_FILE is set without KAFKA_SSL_CERT_FILE (the client certificate)")
+        return self
 
     @model_validator(mode="after")
     def _lead_inside_window(self) -> Settings:

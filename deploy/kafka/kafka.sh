@@ -9,7 +9,10 @@
 #   kafka.sh node-kill DATA_DIR N      SIGKILL node N (1-3) of the cluster (a fault test's broker loss)
 #   kafka.sh node-start DATA_DIR N     start node N again and wait until it listens
 # Environment: KAFKA_PORT (default 9092), KAFKA_CONTROLLER_PORT (default KAFKA_PORT+1000),
-#              KAFKA_HEAP (default 512m), KAFKA_START_TIMEOUT seconds (default 90).
+#              KAFKA_HEAP (default 512m), KAFKA_START_TIMEOUT seconds (default 90);
+#              `start` only: KAFKA_SERVER_PROPERTIES, a file of properties appended to the generated
+#              ones (later keys win: listeners, TLS, SASL), and KAFKA_FORMAT_ARGS, extra arguments
+#              for the storage format of a new DATA_DIR (e.g. --add-scram for SCRAM users).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cmd="${1:-}"
@@ -69,9 +72,12 @@ group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 log.retention.hours=168
 PROPS
+  if [ -n "${KAFKA_SERVER_PROPERTIES:-}" ]; then cat "$KAFKA_SERVER_PROPERTIES" >>"$data/server.properties"; fi
   if [ ! -f "$data/logs/meta.properties" ]; then
+    local -a extra=()
+    if [ -n "${KAFKA_FORMAT_ARGS:-}" ]; then set -f; read -r -a extra <<<"$KAFKA_FORMAT_ARGS"; set +f; fi
     java_run kafka.tools.StorageTool format -t "$(java_run kafka.tools.StorageTool random-uuid)" \
-      -c "$data/server.properties" >"$data/format.log" 2>&1 || { cat "$data/format.log" >&2; exit 4; }
+      -c "$data/server.properties" "${extra[@]}" >"$data/format.log" 2>&1 || { cat "$data/format.log" >&2; exit 4; }
   fi
   launch "$data"
   echo "$port" >"$data/port"

@@ -233,10 +233,16 @@ class PipelineRunner:
                 on_committed = functools.partial(self._webhooks_committed, partition, webhooks_next)
             self.transactions.submit(partition, step.by_partition.get(partition, []), offsets, on_committed)
 
-    def _transaction_committed(self, outputs: list[Output], sent: list[Sent]) -> None:
+    def _transaction_committed(
+        self, outputs: list[Output], sent: list[Sent], offsets: dict[TopicPartition, int]
+    ) -> None:
         """A transaction committed: its state writes go to RocksDB, then recovery's start moves past
         its changelog records (a crash in between replays them: the same values again)."""
         self.metrics.transactions.inc()
+        if offsets:  # the consumer-lag figures count from these (Faust commits none of them)
+            self.app.monitor.on_tp_commit(
+                {TP(tp.topic, tp.partition): offset for tp, offset in offsets.items()}
+            )
         writes: dict[int, list[tuple[bytes, bytes]]] = {}
         for output in outputs:
             if output.topic == self._changelog and output.key is not None and output.value is not None:

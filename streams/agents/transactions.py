@@ -33,8 +33,8 @@ from streams.core.records import Output
 log = logging.getLogger(__name__)
 
 SendOutputs = Callable[[Any, list[Output]], Awaitable[list[Any]]]
-# (the outputs of a committed transaction, what send_outputs returned for them)
-OnCommitted = Callable[[list[Output], list[Any]], None]
+# (the outputs of a committed transaction, what send_outputs returned for them, its input offsets)
+OnCommitted = Callable[[list[Output], list[Any], dict[TopicPartition, int]], None]
 ProducerFactory = Callable[[str], AIOKafkaProducer]
 
 # A lane whose pending outputs pass this makes the pipeline wait (the fetch loop slows down to the
@@ -180,7 +180,7 @@ class PartitionTransactions:
                 await producer.commit_transaction()
                 lane.committed += 1
                 if self.on_commit is not None:
-                    self.on_commit(outputs, sent)
+                    self.on_commit(outputs, sent, offsets)
                 for callback in callbacks:
                     callback()
                 lane.progress.set()

@@ -70,6 +70,7 @@ class KafkaSink:
                 producer = AIOKafkaProducer(
                     bootstrap_servers=self.settings.kafka_bootstrap_servers,
                     acks="all",
+                    enable_idempotence=True,  # a batch retried after a broker's loss is written once
                     request_timeout_ms=timeout_ms,
                     max_request_size=max(self.settings.webhook_max_body_bytes * 2, 1_048_576),
                 )

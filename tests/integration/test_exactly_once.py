@@ -153,6 +153,10 @@ def test_sigkill_at_ten_random_points_every_request_decided_exactly_once(
             for rid, user in probes.items()
         )
         probe_reasons = {rid: records[0].value["reason"] for rid, records in gate.decisions(probes).items()}
+        # The group's lag comes back to 0 (offsets past the commit markers are committed too).
+        deadline = time.monotonic() + 30
+        while (lag := gate.worker.metric_sum("wagate_consumer_lag")) > 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
     finally:
         gate.worker.stop()
     requests = len(expected)
@@ -173,3 +177,4 @@ def test_sigkill_at_ten_random_points_every_request_decided_exactly_once(
     assert probe_reasons.pop(f"{pnid}-probe-never") == "no_window"
     assert set(probe_reasons.values()) == {"window_open"}
     assert max(silences) <= 10.0
+    assert lag == 0
