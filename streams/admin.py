@@ -8,6 +8,8 @@ import contextlib
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from streams.kafka_security import client_kwargs
+from streams.settings import Settings
 from streams.topology import TopicSpec, Topology
 
 
@@ -20,11 +22,11 @@ async def _describe_partitions(admin: AIOKafkaAdminClient, names: list[str]) -> 
     return {item["topic"]: len(item["partitions"]) for item in described if item.get("error_code", 0) == 0}
 
 
-async def ensure_topics(
-    bootstrap: str, topo: Topology, replication_factor: int = 1, min_insync_replicas: int | None = None
-) -> list[str]:
-    """Create missing topics; return the names created. Raises TopologyError on a partition mismatch."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+async def ensure_topics(settings: Settings, topo: Topology) -> list[str]:
+    """Create missing topics (with the settings' replication and min ISR); return the names created.
+    Raises TopologyError on a partition mismatch."""
+    replication_factor, min_insync_replicas = settings.replication_factor, settings.min_insync_replicas
+    admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=30_000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

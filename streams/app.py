@@ -17,6 +17,7 @@ from streams.agents.registry import RegistryFollower
 from streams.agents.runner import PipelineRunner
 from streams.core.processor import Clock
 from streams.faust_private import install as install_pipeline
+from streams.kafka_security import faust_credentials
 from streams.metrics import GateMetrics
 from streams.policy.keys import contact_key
 from streams.policy.templates import Registry
@@ -42,6 +43,7 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
     app = faust.App(
         settings.faust_app_id,
         broker=broker_urls(settings.kafka_bootstrap_servers),
+        broker_credentials=faust_credentials(settings),
         store="rocksdb://" if settings.store == "rocksdb" else "memory://",
         datadir=str(settings.data_dir),
         autodiscover=False,

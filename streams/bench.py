@@ -38,6 +38,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from streams.kafka_security import client_kwargs
 from streams.settings import Settings
 from streams.topology import Topology, topology
 
@@ -143,13 +144,13 @@ async def reference_loop(settings: Settings) -> None:
     consumer = AIOKafkaConsumer(
         topo.inbound.name,
         topo.requests.name,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **client_kwargs(settings),
         group_id=f"{settings.faust_app_id}-reference",
         auto_offset_reset="earliest",
         enable_auto_commit=True,
         max_poll_records=1000,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", linger_ms=5)
     await consumer.start()
     await producer.start()
     stop = asyncio.Event()
@@ -302,15 +303,11 @@ async def measure(
     from streams.admin import ensure_topics
 
     prefix = f"bench-{system}-{uuid.uuid4().hex[:6]}."
-    run_settings = Settings(
-        kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
-        topic_prefix=prefix,
-        partitions=settings.partitions,
-    )
+    run_settings = settings.model_copy(update={"topic_prefix": prefix})
     topo: Topology = topology(run_settings)
-    await ensure_topics(settings.kafka_bootstrap_servers, topo)
+    await ensure_topics(run_settings, topo)
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **client_kwargs(settings),
         acks="all",
         linger_ms=10,
         max_batch_size=256 * 1024,
@@ -318,15 +315,13 @@ async def measure(
     )
     await producer.start()
     # Requests whose latency is measured go out at once: the harness's own linger is not the gate's.
-    paced_producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=0
-    )
+    paced_producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", linger_ms=0)
     await paced_producer.start()
     consumer = AIOKafkaConsumer(
         topo.send.name,
         topo.template.name,
         topo.rejected.name,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **client_kwargs(settings),
         auto_offset_reset="earliest",
         group_id=None,
         fetch_max_bytes=16 * 1024 * 1024,

@@ -44,21 +44,28 @@ def _settings() -> Settings:
         sys.exit("wagate: invalid configuration:\n" + "\n".join(lines))
 
 
+def _check_kafka(settings: Settings) -> None:
+    """Reach and log in to Kafka before anything starts; exit naming the setting to fix."""
+    from streams.kafka_security import KafkaConnectionFailed, check_connection
+
+    try:
+        asyncio.run(check_connection(settings))
+    except KafkaConnectionFailed as exc:
+        hint = (
+            " (start one with `make kafka-start`)" if settings.kafka_security_protocol == "PLAINTEXT" else ""
+        )
+        sys.exit(f"wagate: cannot use Kafka{hint}: {exc}")
+
+
 def _ensure_topics(settings: Settings) -> list[str]:
     from aiokafka.errors import KafkaConnectionError
 
     from streams.admin import TopologyError, ensure_topics
     from streams.topology import topology
 
+    _check_kafka(settings)
     try:
-        return asyncio.run(
-            ensure_topics(
-                settings.kafka_bootstrap_servers,
-                topology(settings),
-                settings.replication_factor,
-                settings.min_insync_replicas,
-            )
-        )
+        return asyncio.run(ensure_topics(settings, topology(settings)))
     except KafkaConnectionError:
         sys.exit(
             f"wagate: cannot reach Kafka at KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers}: "
@@ -93,7 +100,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_webhook(args: argparse.Namespace) -> int:
     settings = _settings()
+    from streams.kafka_security import KafkaConnectionFailed, check_connection
     from streams.web.receiver import run_receiver
+
+    try:
+        asyncio.run(check_connection(settings))
+    except KafkaConnectionFailed as exc:
+        if exc.misconfigured:  # a login or TLS trust to fix: answering 503 for ever would hide it
+            sys.exit(f"wagate webhook: cannot use Kafka: {exc}")
+        # Kafka away: the receiver starts anyway and answers 503 (Meta retries) until it is back.
+        print(f"wagate webhook: Kafka not reachable yet ({exc}); answering 503 until it is", file=sys.stderr)
 
     try:
         run_receiver(settings)

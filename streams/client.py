@@ -15,6 +15,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from streams.kafka_security import client_kwargs
 from streams.settings import Settings
 from streams.topology import Topology, topology
 
@@ -50,7 +51,7 @@ class GateClient:
 
     async def __aenter__(self) -> GateClient:
         # aiokafka binds to the running loop, so the producer is made here, not in __init__.
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap_servers, acks="all")
+        self._producer = AIOKafkaProducer(**client_kwargs(self.settings), acks="all")
         await self._producer.start()
         return self
 
@@ -82,10 +83,8 @@ class GateClient:
 
     async def wait_consumed(self, topic: str, timeout: float = 60.0) -> None:
         """Wait until the gate's consumer group has committed everything now in ``topic``."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers)
-        probe = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers, isolation_level="read_committed"
-        )
+        admin = AIOKafkaAdminClient(**client_kwargs(self.settings))
+        probe = AIOKafkaConsumer(**client_kwargs(self.settings), isolation_level="read_committed")
         await admin.start()
         await probe.start()
         try:
@@ -111,7 +110,7 @@ class GateClient:
     def _reader(self, topics: Iterable[str]) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
             *topics,
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            **client_kwargs(self.settings),
             auto_offset_reset="earliest",
             group_id=None,
             isolation_level="read_committed",  # the gate's outputs are transactional (exactly_once)

@@ -22,7 +22,12 @@ from streams.settings import Settings
 
 
 class KafkaConnectionFailed(RuntimeError):
-    """Kafka could not be reached or refused us; the message names the setting to check."""
+    """Kafka could not be reached or refused us; the message names the setting to check.
+    ``misconfigured``: Kafka answered and refused (login, TLS trust), so waiting will not help."""
+
+    def __init__(self, message: str, misconfigured: bool) -> None:
+        super().__init__(message)
+        self.misconfigured = misconfigured
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -89,7 +94,7 @@ async def check_connection(settings: Settings, timeout: float = 15.0) -> None:
     naming the setting to fix when none does."""
     kwargs = client_kwargs(settings)
     kwargs.pop("bootstrap_servers")
-    failures: list[str] = []
+    failures: list[tuple[str, bool]] = []
     for server in settings.kafka_bootstrap_servers.split(","):
         host, _, port = server.strip().rpartition(":")
         try:
@@ -101,48 +106,72 @@ async def check_connection(settings: Settings, timeout: float = 15.0) -> None:
             continue
         conn.close()
         return
-    raise KafkaConnectionFailed("; ".join(dict.fromkeys(failures)))
+    messages = "; ".join(dict.fromkeys(message for message, _ in failures))
+    raise KafkaConnectionFailed(messages, misconfigured=any(refused for _, refused in failures))
 
 
-def explain(exc: BaseException, settings: Settings, server: str) -> str:
-    """What went wrong connecting to ``server``, in terms of the settings."""
+def explain(exc: BaseException, settings: Settings, server: str) -> tuple[str, bool]:
+    """What went wrong connecting to ``server``, in terms of the settings; and whether Kafka answered
+    and refused (a configuration to fix) rather than not answering."""
     text = f"{type(exc).__name__}: {exc}"
     protocol = settings.kafka_security_protocol
     if "SaslAuthenticationFailed" in text or "Authentication failed" in text:
         return (
-            f"Kafka at {server} refused the SASL login of KAFKA_SASL_USERNAME="
-            f"{settings.kafka_sasl_username!r} with KAFKA_SASL_MECHANISM={settings.kafka_sasl_mechanism}: "
-            "check KAFKA_SASL_PASSWORD and the mechanism the cluster expects"
+            (
+                f"Kafka at {server} refused the SASL login of KAFKA_SASL_USERNAME="
+                f"{settings.kafka_sasl_username!r} with KAFKA_SASL_MECHANISM="
+                f"{settings.kafka_sasl_mechanism}: check KAFKA_SASL_PASSWORD and the mechanism the "
+                "cluster expects"
+            ),
+            True,
         )
     if "UnsupportedSaslMechanism" in text or "Unsupported SASL mechanism" in text:
         return (
-            f"Kafka at {server} does not offer KAFKA_SASL_MECHANISM={settings.kafka_sasl_mechanism}: "
-            "set the mechanism the cluster expects"
+            (
+                f"Kafka at {server} does not offer KAFKA_SASL_MECHANISM={settings.kafka_sasl_mechanism}: "
+                "set the mechanism the cluster expects"
+            ),
+            True,
         )
     if isinstance(exc, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in text:
         if "match" in text or "hostname" in text.lower():
             return (
-                f"the TLS certificate of Kafka at {server} is not for that host ({exc}): use the name "
-                "the certificate names in KAFKA_BOOTSTRAP_SERVERS, or KAFKA_SSL_CHECK_HOSTNAME=false"
+                (
+                    f"the TLS certificate of Kafka at {server} is not for that host ({exc}): use the name "
+                    "the certificate names in KAFKA_BOOTSTRAP_SERVERS, or KAFKA_SSL_CHECK_HOSTNAME=false"
+                ),
+                True,
             )
         ca = settings.kafka_ssl_ca_file or "the system's CAs"
         return (
-            f"the TLS certificate of Kafka at {server} is not trusted by {ca} ({exc}): set "
-            "KAFKA_SSL_CA_FILE to the CA that signed the broker's certificate"
+            (
+                f"the TLS certificate of Kafka at {server} is not trusted by {ca} ({exc}): set "
+                "KAFKA_SSL_CA_FILE to the CA that signed the broker's certificate"
+            ),
+            True,
         )
     if isinstance(exc, ssl.SSLError):
         return (
-            f"TLS with Kafka at {server} failed ({exc}): check KAFKA_SECURITY_PROTOCOL={protocol} and "
-            "KAFKA_SSL_CERT_FILE / KAFKA_SSL_KEY_FILE"
+            (
+                f"TLS with Kafka at {server} failed ({exc}): check KAFKA_SECURITY_PROTOCOL={protocol} and "
+                "KAFKA_SSL_CERT_FILE / KAFKA_SSL_KEY_FILE"
+            ),
+            True,
         )
     if isinstance(exc, ConnectionRefusedError) or "Connect call failed" in text:
-        return f"nothing listens at {server}: check KAFKA_BOOTSTRAP_SERVERS"
+        return f"nothing listens at {server}: check KAFKA_BOOTSTRAP_SERVERS", False
     if isinstance(exc, TimeoutError):
         return (
-            f"Kafka at {server} did not answer in time: check KAFKA_BOOTSTRAP_SERVERS and "
-            f"KAFKA_SECURITY_PROTOCOL={protocol} (a TLS listener spoken to in plain text hangs)"
+            (
+                f"Kafka at {server} did not answer in time: check KAFKA_BOOTSTRAP_SERVERS and "
+                f"KAFKA_SECURITY_PROTOCOL={protocol} (a TLS listener spoken to in plain text hangs)"
+            ),
+            False,
         )
     return (
-        f"cannot talk to Kafka at {server} ({text}): check KAFKA_BOOTSTRAP_SERVERS and "
-        f"KAFKA_SECURITY_PROTOCOL={protocol} (the listener's protocol must match)"
+        (
+            f"cannot talk to Kafka at {server} ({text}): check KAFKA_BOOTSTRAP_SERVERS and "
+            f"KAFKA_SECURITY_PROTOCOL={protocol} (the listener's protocol must match)"
+        ),
+        False,
     )

@@ -15,6 +15,7 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
+from streams.kafka_security import client_kwargs
 from streams.metrics import GateMetrics
 from streams.models import NumberRecord, TemplateRecord
 from streams.policy.templates import Registry
@@ -49,7 +50,7 @@ class RegistryFollower:
     async def run(self) -> None:
         names = [self.topo.templates.name, self.topo.numbers.name]
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            **client_kwargs(self.settings),
             group_id=None,
             enable_auto_commit=False,
             isolation_level="read_committed",  # template records come from the gate's transactions

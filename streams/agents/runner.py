@@ -42,6 +42,7 @@ from streams.core.pipeline import Pipeline
 from streams.core.processor import Clock, Processor
 from streams.core.records import Output, Step
 from streams.faust_private import PartitionedState, kafka_producer, wait_until_drained
+from streams.kafka_security import client_kwargs
 from streams.metrics import GateMetrics
 from streams.models import WindowEvent, WindowReport
 from streams.policy.keys import partition_for
@@ -260,7 +261,7 @@ class PipelineRunner:
     def _transactional_producer(self, transactional_id: str) -> AIOKafkaProducer:
         settings = self.settings
         return AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
+            **client_kwargs(settings),
             client_id=f"{settings.faust_app_id}-txn",
             transactional_id=transactional_id,
             transaction_timeout_ms=int(1000 * settings.transaction_timeout_seconds),
@@ -461,7 +462,7 @@ class PipelineRunner:
         and a hop there and back cost more than the ListOffsets request itself."""
         if self._offsets_client is None:
             client = AIOKafkaConsumer(
-                bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                **client_kwargs(self.settings),
                 group_id=None,
                 # exactly_once: end offsets are last stable offsets, what a read_committed fetch reaches
                 isolation_level="read_committed" if self.read_committed else "read_uncommitted",
@@ -472,7 +473,7 @@ class PipelineRunner:
 
     async def _group_committed(self, topic: str, partitions: list[int]) -> dict[int, int]:
         if self._admin is None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap_servers)
+            admin = AIOKafkaAdminClient(**client_kwargs(self.settings))
             await admin.start()
             self._admin = admin
         offsets = await self._admin.list_consumer_group_offsets(

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
+from streams.kafka_security import client_kwargs
 from streams.settings import Settings
 from streams.topology import topology
 
@@ -68,7 +69,7 @@ class KafkaSink:
             if self._producer is None:
                 timeout_ms = int(self.settings.webhook_produce_timeout_seconds * 1000)
                 producer = AIOKafkaProducer(
-                    bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                    **client_kwargs(self.settings),
                     acks="all",
                     enable_idempotence=True,  # a batch retried after a broker's loss is written once
                     request_timeout_ms=timeout_ms,

@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -148,14 +148,7 @@ class Topics:
         self.settings = settings
         self.prefix = settings.topic_prefix
         self.topo = topology(settings)
-        run(
-            ensure_topics(
-                settings.kafka_bootstrap_servers,
-                self.topo,
-                settings.replication_factor,
-                settings.min_insync_replicas,
-            )
-        )
+        run(ensure_topics(settings, self.topo))
 
     def _with_client(self, use: Callable[[GateClient], Awaitable[T]]) -> T:
         """Run one client call to completion: the tests themselves stay synchronous."""
@@ -217,9 +210,12 @@ class Gate(Topics):
         partitions: int = 4,
         replication: int = 1,
         min_insync: int | None = None,
+        security: Mapping[str, str] | None = None,
         **env: str,
     ) -> None:
+        """``security``: KAFKA_SECURITY_PROTOCOL and kin, for the worker and the test's own client."""
         prefix = f"it{uuid.uuid4().hex[:8]}."
+        security = dict(security or {})
         super().__init__(
             Settings(
                 kafka_bootstrap_servers=bootstrap,
@@ -229,8 +225,10 @@ class Gate(Topics):
                 min_insync_replicas=min_insync,
                 data_dir=workdir / prefix / "state",
                 web_port=free_port(),
+                **security,  # type: ignore[arg-type]  # by their variable names (validation aliases)
             )
         )
+        env = {**security, **env}
         if replication > 1:
             env = {"WAGATE_REPLICATION_FACTOR": str(replication), **env}
         if min_insync is not None:

@@ -26,7 +26,8 @@ def new_gate(bootstrap: str, workdir: Path) -> Iterator[Any]:
     made: list[Gate] = []
 
     def make(**env: str) -> Gate:
-        made.append(Gate(bootstrap, workdir, partitions=4, replication=1, min_insync=None, **env))
+        extra: dict[str, Any] = dict(env)
+        made.append(Gate(bootstrap, workdir, partitions=4, replication=1, min_insync=None, **extra))
         return made[-1]
 
     yield make

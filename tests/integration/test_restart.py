@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -266,7 +267,7 @@ def test_a_worker_killed_for_good_its_standby_partner_takes_over(
 ) -> None:
     """Two workers with a standby copy of each other's state; one is killed and stays dead: the
     survivor decides every request of its partitions, with every window it knew."""
-    env = {"WAGATE_STANDBY_REPLICAS": "1", "WAGATE_SESSION_TIMEOUT_SECONDS": "10"}
+    env: dict[str, Any] = {"WAGATE_STANDBY_REPLICAS": "1", "WAGATE_SESSION_TIMEOUT_SECONDS": "10"}
     gate = Gate(bootstrap, workdir, partitions=4, replication=1, min_insync=None, **env)
     pnid = "standby"
     start_and_wait(gate)

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
         broker.stop()
 
 
-def _security(broker: SecureBroker, **override: str) -> dict[str, str]:
+def _security(broker: SecureBroker, **override: str) -> dict[str, Any]:
     return {
         "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
         "KAFKA_SASL_MECHANISM": "PLAIN",
@@ -44,7 +45,9 @@ def test_the_gate_decides_through_a_sasl_ssl_listener(secure: SecureBroker, work
     gate = Gate(secure.bootstrap, workdir, security=_security(secure))
     pnid = f"pn{uuid.uuid4().hex[:8]}"
     start_and_wait(gate, timeout=120)
-    receiver = Receiver(secure.bootstrap, gate.prefix, workdir / f"{gate.prefix}receiver.log", **_security(secure))
+    receiver = Receiver(
+        secure.bootstrap, gate.prefix, workdir / f"{gate.prefix}receiver.log", **_security(secure)
+    )
     try:
         # A webhook body through the receiver, an event straight on wa.inbound: both open a window.
         status, _ = receiver.post(envelope(pnid, messages=[user_message("hook", time.time())]))
@@ -70,7 +73,7 @@ def test_scram_sha_512_logs_in(secure: SecureBroker, workdir: Path) -> None:
         KAFKA_SASL_PASSWORD=SCRAM_PASSWORD,
     )
     result = wagate(
-        "topics", "create", KAFKA_BOOTSTRAP_SERVERS=secure.bootstrap, WAGATE_TOPIC_PREFIX="scram.", **security
+        "topics", KAFKA_BOOTSTRAP_SERVERS=secure.bootstrap, WAGATE_TOPIC_PREFIX="scram.", **security
     )
     assert result.returncode == 0, result.stderr
 
