@@ -1,4 +1,5 @@
-"""JSON Schema of every wire payload, generated from the pydantic models (``wagate schemas``)."""
+"""JSON Schema of every wire payload, generated from the pydantic models, and the AsyncAPI document
+of the topics (``wagate schemas``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ from pathlib import Path
 
 import orjson
 
+from streams import asyncapi
 from streams.models import WIRE_MODELS
+
+ASYNCAPI_FILE = "asyncapi.yaml"
 
 
 def render_schemas() -> dict[str, bytes]:
@@ -18,6 +22,7 @@ def render_schemas() -> dict[str, bytes]:
         rendered[f"{name}.schema.json"] = (
             orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
         )
+    rendered[ASYNCAPI_FILE] = asyncapi.render().encode()
     return rendered
 
 

@@ -1,0 +1,42 @@
+"""The repository stands alone: no file reaches outside it, and every relative link in the docs
+resolves to a file in it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SKIP = {".venv", ".git", "var", "node_modules", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".hypothesis"}
+
+
+def _files(*suffixes: str) -> list[Path]:
+    found = []
+    for path in ROOT.rglob("*"):
+        if any(part in SKIP for part in path.relative_to(ROOT).parts):
+            continue
+        if path.is_file() and (path.suffix in suffixes or path.name in suffixes):
+            found.append(path)
+    return found
+
+
+def test_nothing_reaches_outside_the_repository() -> None:
+    sources = _files(".py", ".md", ".sh", ".yaml", ".yml", ".json", ".toml", "Makefile", "run", "Dockerfile")
+    assert len(sources) > 50
+    # ../shared is the team's reference folder beside the clone: never part of the product.
+    offenders = [str(p.relative_to(ROOT)) for p in sources if "../shared" in p.read_text(errors="replace")]
+    offenders = [name for name in offenders if name != "tests/unit/test_repository.py"]
+    assert offenders == []
+
+
+def test_every_relative_link_in_the_docs_resolves() -> None:
+    broken = []
+    for doc in _files(".md"):
+        if "deploy/kafka/lib" in str(doc):
+            continue
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (doc.parent / target).resolve().exists():
+                broken.append(f"{doc.relative_to(ROOT)} -> {target}")
+    assert broken == []
