@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
+import orjson
 from faust.exceptions import SameNode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -66,8 +67,8 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
         value_serializer="raw",
         table_standby_replicas=settings.standby_replicas,
         web_enabled=settings.web_enabled,
-        web_bind=settings.web_host,
-        web_host=settings.web_host,
+        web_bind=settings.web_bind or settings.web_host,
+        web_host=settings.web_advertised_host or settings.web_host,
         web_port=settings.web_port,
         web_in_thread=False,
         monitor=LeanMonitor(),
@@ -142,7 +143,15 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
 
     @app.page("/health")
     async def health_page(view: Any, request: Any) -> Any:
+        # Liveness: the event loop answers. Cheap on purpose (a probe every few seconds).
         return view.text("ok")
+
+    @app.page("/ready")
+    async def ready_page(view: Any, request: Any) -> Any:
+        # Readiness: recovery done, the template registry read, the producers connected.
+        checks = runner.readiness()
+        body = orjson.dumps({"ready": all(checks.values()), "checks": checks})
+        return view.bytes(body, content_type="application/json", status=200 if all(checks.values()) else 503)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

@@ -94,6 +94,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         loglevel=settings.log_level.upper(),
         data_dir=settings.data_dir,
         committed_state_only=settings.processing_guarantee == "exactly_once",
+        log_format=settings.log_format,
     ).execute_from_commandline()
     return 0
 

@@ -204,6 +204,14 @@ class PartitionedState:
         self.table.data.set_persisted_offset(topic_partition, offset)
 
 
+def recovery_done(app: faust.App) -> bool:
+    """The table's first recovery has completed (its partitions sought to their committed offsets)
+    and no recovery (changelog replay) is running now."""
+    tables: Any = app.tables
+    recovery = tables.recovery
+    return bool(recovery.completed.is_set()) and not recovery.in_recovery
+
+
 def kafka_producer(app: faust.App) -> Any:
     """The aiokafka producer Faust owns (and flushes before every commit)."""
     return app.producer._ensure_producer()  # type: ignore[attr-defined]

@@ -89,10 +89,26 @@ class Settings(BaseSettings):
         default="rocksdb", description="table store; memory only for unit tests"
     )
     web_enabled: bool = Field(default=True, description="serve /metrics on web_host:web_port")
-    web_host: str = Field(default="127.0.0.1", description="address the HTTP server binds to")
+    web_host: str = Field(
+        default="127.0.0.1",
+        description="address of the HTTP server (/metrics, /health, /ready, /windows): where it binds "
+        "and what other workers are told, unless WAGATE_WEB_BIND / WAGATE_WEB_ADVERTISED_HOST say otherwise",
+    )
+    web_bind: str | None = Field(
+        default=None,
+        description="address the HTTP server binds to (0.0.0.0 in a container); default web_host",
+    )
+    web_advertised_host: str | None = Field(
+        default=None,
+        description="host name other workers use to reach this one (window API routing; a pod's DNS "
+        "name in Kubernetes); default web_host",
+    )
     web_port: int = Field(default=6066, ge=1, le=65535, description="port of /metrics")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="worker log level (payloads are never logged)"
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text, or one JSON object per line (time, level, logger, message)"
     )
 
     window_seconds: float = Field(default=86_400.0, gt=0, description="customer service window length")

@@ -11,6 +11,8 @@ from typing import Any
 
 import faust
 
+from streams.logs import use_format
+
 # Their DEBUG records quote message keys and values (phone numbers, texts): never enable them here.
 _PAYLOAD_LOGGERS = ("aiokafka", "kafka")
 
@@ -44,8 +46,10 @@ class GateWorker(faust.Worker):
         loglevel: str,
         data_dir: Path | None = None,
         committed_state_only: bool = False,
+        log_format: str = "text",
         **kwargs: Any,
     ) -> None:
+        self.log_format = log_format
         super().__init__(app, loglevel=loglevel, quiet=True, **kwargs)
         # Faust's terminal spinner puts the root logger at DEBUG, so every produce built a log record.
         self.spinner = None
@@ -60,6 +64,7 @@ class GateWorker(faust.Worker):
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         logger.setLevel(level)
+        use_format(self.log_format, logger)
         for name in _PAYLOAD_LOGGERS:
             logging.getLogger(name).setLevel(max(level, logging.WARNING))
 

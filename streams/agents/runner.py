@@ -41,7 +41,7 @@ from streams.core.aligner import Aligner, FetchView, RoundPlan
 from streams.core.pipeline import Pipeline
 from streams.core.processor import Clock, Processor
 from streams.core.records import Output, Step
-from streams.faust_private import PartitionedState, kafka_producer, wait_until_drained
+from streams.faust_private import PartitionedState, kafka_producer, recovery_done, wait_until_drained
 from streams.kafka_security import client_kwargs
 from streams.metrics import GateMetrics
 from streams.models import WindowEvent, WindowReport
@@ -510,6 +510,21 @@ class PipelineRunner:
             return
         async with self._send_lock:
             await self._send_all(outputs)
+
+    def readiness(self) -> dict[str, bool]:
+        """What /ready reports: every check must hold for the worker to take traffic."""
+        assigned = {
+            tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.topo.requests.name
+        }
+        if self.transactions is not None:
+            producers = assigned <= set(self.transactions.lanes) and self.transactions.failed is None
+        else:
+            producers = self.app.producer.started
+        return {
+            "recovered": not self.app.rebalancing and recovery_done(self.app),
+            "registry_loaded": self.pipeline.ready,
+            "producers_connected": bool(producers),
+        }
 
     def _ownership(self) -> Ownership | None:
         """The state partitions this worker holds, or None while a rebalance or recovery runs (Faust

@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from streams.kafka_security import client_kwargs
+from streams.logs import use_format
 from streams.settings import Settings
 from streams.topology import topology
 
@@ -191,7 +192,8 @@ def create_receiver(settings: Settings, sink: KafkaSink | None = None) -> web.Ap
 
 
 def run_receiver(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), format="[%(asctime)s] [%(levelname)s] %(message)s")
+    logging.basicConfig(level=settings.log_level.upper())
+    use_format(settings.log_format)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)  # its retry noise during an outage says nothing new
     app = create_receiver(settings)
     log.info(

@@ -14,7 +14,7 @@ def test_committed_schemas_equal_what_the_models_generate() -> None:
 
 
 def test_every_wire_payload_has_a_schema_naming_its_required_fields() -> None:
-    rendered = {name: orjson.loads(body) for name, body in render_schemas().items()}
+    rendered = {name: orjson.loads(body) for name, body in render_schemas().items() if name.endswith(".json")}
     assert set(rendered) == {
         f"{n}.schema.json"
         for n in (
