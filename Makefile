@@ -38,8 +38,8 @@ demo: venv  ## replay the store-hours timeline against a running gate and print 
 	$(BIN)/wagate demo
 
 lint: venv  ## ruff and mypy
-	$(BIN)/ruff check streams tests
-	$(BIN)/ruff format --check streams tests
+	$(BIN)/ruff check streams tests examples
+	$(BIN)/ruff format --check streams tests examples
 	$(BIN)/mypy
 
 schemas: venv  ## regenerate schemas/ from the models

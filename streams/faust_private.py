@@ -212,6 +212,24 @@ def recovery_done(app: faust.App) -> bool:
     return bool(recovery.completed.is_set()) and not recovery.in_recovery
 
 
+# Transactions: how long aiokafka waits before asking again while the coordinator finishes the previous
+# transaction (CONCURRENT_TRANSACTIONS). Its own constant for the first AddPartitionsToTxn of a
+# transaction is 20 ms; both set every transaction's pace when requests arrive one at a time.
+TRANSACTION_RETRY_BACKOFF_MS = 5
+_TXN_FIRST_ADD_BACKOFF_SECONDS = 0.002
+
+
+def tune_transactions() -> None:
+    """Shorten aiokafka's fixed wait before re-adding partitions to a new transaction (measured on the
+    embedded broker: a transaction of a few records took ~50 ms with it, ~10 ms without)."""
+    try:
+        from aiokafka.producer import sender
+    except ImportError:  # pragma: no cover
+        return
+    if hasattr(sender, "BACKOFF_OVERRIDE"):
+        sender.BACKOFF_OVERRIDE = _TXN_FIRST_ADD_BACKOFF_SECONDS
+
+
 def kafka_producer(app: faust.App) -> Any:
     """The aiokafka producer Faust owns (and flushes before every commit)."""
     return app.producer._ensure_producer()  # type: ignore[attr-defined]

@@ -41,7 +41,13 @@ from streams.core.aligner import Aligner, FetchView, RoundPlan
 from streams.core.pipeline import Pipeline
 from streams.core.processor import Clock, Processor
 from streams.core.records import Output, Step
-from streams.faust_private import PartitionedState, kafka_producer, recovery_done, wait_until_drained
+from streams.faust_private import (
+    TRANSACTION_RETRY_BACKOFF_MS,
+    PartitionedState,
+    kafka_producer,
+    recovery_done,
+    wait_until_drained,
+)
 from streams.kafka_security import client_kwargs
 from streams.metrics import GateMetrics
 from streams.models import WindowEvent, WindowReport
@@ -270,6 +276,9 @@ class PipelineRunner:
             linger_ms=settings.producer_linger_ms,
             max_batch_size=settings.producer_max_batch_size,
             max_request_size=max(settings.producer_max_batch_size, 1_048_576),
+            # The coordinator answers CONCURRENT_TRANSACTIONS while it writes the previous transaction's
+            # markers (a few ms); aiokafka's 100 ms default backoff made every transaction ~50 ms.
+            retry_backoff_ms=TRANSACTION_RETRY_BACKOFF_MS,
         )
 
     def _crash(self, exc: BaseException) -> None:

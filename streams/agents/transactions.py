@@ -29,6 +29,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from streams.core.records import Output
+from streams.faust_private import tune_transactions
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class PartitionTransactions:
         self.lanes: dict[int, _Lane] = {}
         self.failed: BaseException | None = None
         self._preparing = asyncio.Lock()
+        tune_transactions()
 
     def transactional_id(self, partition: int) -> str:
         return f"{self.prefix}-p{partition}"
