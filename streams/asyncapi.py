@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+import streams
 from streams.settings import Settings
 from streams.topology import Topology, topology
 
@@ -149,10 +149,7 @@ WEBHOOK_BODY_SCHEMA = {
 
 
 def package_version() -> str:
-    try:
-        return version("wagate")
-    except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
-        return "0.0.0"
+    return streams.__version__
 
 
 def build(topo: Topology | None = None) -> dict[str, Any]:

@@ -41,6 +41,12 @@ class GateMetrics:
             "Kafka transactions committed (exactly_once: one per input partition and step)",
             registry=self.registry,
         )
+        self.transaction_seconds = Histogram(
+            "wagate_transaction_seconds",
+            "exactly_once: from a transaction's begin to its commit",
+            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0),
+            registry=self.registry,
+        )
         self.webhook_bodies = Counter(
             "wagate_webhook_bodies",
             "Webhook bodies read from wa.webhooks, by outcome (normalized, partial, dead_lettered)",

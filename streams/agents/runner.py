@@ -241,11 +241,12 @@ class PipelineRunner:
             self.transactions.submit(partition, step.by_partition.get(partition, []), offsets, on_committed)
 
     def _transaction_committed(
-        self, outputs: list[Output], sent: list[Sent], offsets: dict[TopicPartition, int]
+        self, outputs: list[Output], sent: list[Sent], offsets: dict[TopicPartition, int], seconds: float
     ) -> None:
         """A transaction committed: its state writes go to RocksDB, then recovery's start moves past
         its changelog records (a crash in between replays them: the same values again)."""
         self.metrics.transactions.inc()
+        self.metrics.transaction_seconds.observe(seconds)
         if offsets:  # the consumer-lag figures count from these (Faust commits none of them)
             self.app.monitor.on_tp_commit(
                 {TP(tp.topic, tp.partition): offset for tp, offset in offsets.items()}

@@ -34,8 +34,9 @@ from streams.faust_private import tune_transactions
 log = logging.getLogger(__name__)
 
 SendOutputs = Callable[[Any, list[Output]], Awaitable[list[Any]]]
-# (the outputs of a committed transaction, what send_outputs returned for them, its input offsets)
-OnCommitted = Callable[[list[Output], list[Any], dict[TopicPartition, int]], None]
+# (the outputs of a committed transaction, what send_outputs returned for them, its input offsets,
+# seconds from its begin to its commit)
+OnCommitted = Callable[[list[Output], list[Any], dict[TopicPartition, int], float], None]
 ProducerFactory = Callable[[str], AIOKafkaProducer]
 
 # A lane whose pending outputs pass this makes the pipeline wait (the fetch loop slows down to the
@@ -175,6 +176,7 @@ class PartitionTransactions:
             while lane.pending:
                 outputs, offsets, callbacks = lane.outputs, lane.offsets, lane.on_committed
                 lane.outputs, lane.offsets, lane.on_committed = [], {}, []
+                began = time.monotonic()
                 await producer.begin_transaction()
                 sent = await self.send_outputs(producer, outputs)
                 if offsets:
@@ -182,7 +184,7 @@ class PartitionTransactions:
                 await producer.commit_transaction()
                 lane.committed += 1
                 if self.on_commit is not None:
-                    self.on_commit(outputs, sent, offsets)
+                    self.on_commit(outputs, sent, offsets, time.monotonic() - began)
                 for callback in callbacks:
                     callback()
                 lane.progress.set()
