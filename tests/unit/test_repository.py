@@ -40,3 +40,18 @@ def test_every_relative_link_in_the_docs_resolves() -> None:
             if not (doc.parent / target).resolve().exists():
                 broken.append(f"{doc.relative_to(ROOT)} -> {target}")
     assert broken == []
+
+
+def test_every_setting_is_documented_by_its_variable_name() -> None:
+    from pydantic import AliasChoices
+
+    from streams.settings import Settings
+
+    documented = (ROOT / "docs" / "configuration.md").read_text()
+    missing = []
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        variable = alias.choices[0] if isinstance(alias, AliasChoices) else f"WAGATE_{name.upper()}"
+        if f"`{variable}`" not in documented:
+            missing.append(variable)
+    assert missing == []
