@@ -41,7 +41,7 @@ WindowWatch = Callable[[int, str, ContactState], None]
 
 # What the gate echoes of an input (a dead letter's value, a rejected request) is capped, so that a
 # huge record cannot make an output larger than Kafka takes (which would stop the worker).
-MAX_ECHO_BYTES = 256 * 1024
+MAX_ECHO_BYTES = 64 * 1024  # Meta's bodies are a few KB; past this the value stays on its source topic
 MAX_KEY_ECHO_BYTES = 4096  # a key is echoed twice in a rejection (record key and contact)
 
 HELD_PAST_LIMIT_NOTE = (
