@@ -40,8 +40,9 @@ async def ensure_topics(settings: Settings, topo: Topology) -> list[str]:
                     [_new_topic(spec, replication_factor, min_insync_replicas) for spec in missing]
                 )
             created = [spec.name for spec in missing]
-        await _wait_for_metadata(admin, [spec.name for spec in specs])
-        actual = await _describe_partitions(admin, [spec.name for spec in specs if spec.copartitioned])
+        # One answer for both: a second describe may reach a broker of the cluster that has not seen
+        # the new topics yet (a 3-broker cluster answered "unknown" right after the first said all).
+        actual = await _wait_for_metadata(admin, [spec.name for spec in specs])
         wrong = {
             spec.name: actual.get(spec.name)
             for spec in specs
@@ -71,13 +72,16 @@ def _new_topic(spec: TopicSpec, replication_factor: int, min_insync_replicas: in
     )
 
 
-async def _wait_for_metadata(admin: AIOKafkaAdminClient, names: list[str], timeout: float = 30.0) -> None:
+async def _wait_for_metadata(
+    admin: AIOKafkaAdminClient, names: list[str], timeout: float = 30.0
+) -> dict[str, int]:
+    """Partition counts of ``names`` from the first answer that shows them all."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         found = await _describe_partitions(admin, names)
         if all(found.get(name) for name in names):
-            return
+            return found
         if loop.time() > deadline:
             raise TopologyError(
                 f"topics not visible after {timeout:.0f} s: {sorted(set(names) - set(found))}"
