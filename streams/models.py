@@ -225,7 +225,8 @@ class DeadLetter(BaseModel):
     offset: int
     key: str | None = Field(description="the record key as text, or base64 when not UTF-8")
     value_b64: str | None = Field(
-        description="the record value, base64; only its first 64 KiB when it is larger (see value_size; the whole record stays on its topic, at partition and offset)"
+        description="the record value, base64; only its first 64 KiB when it is larger (see value_size; "
+        "the whole record stays on its topic, at partition and offset)"
     )
     value_size: int | None = Field(default=None, description="the record value's size in bytes")
     truncated: bool = Field(default=False, description="value_b64 holds only the start of the value")
