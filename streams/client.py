@@ -51,7 +51,8 @@ class GateClient:
 
     async def __aenter__(self) -> GateClient:
         # aiokafka binds to the running loop, so the producer is made here, not in __init__.
-        self._producer = AIOKafkaProducer(**client_kwargs(self.settings), acks="all")
+        # Idempotent: a batch retried after a broker's loss is written once (no duplicated requests).
+        self._producer = AIOKafkaProducer(**client_kwargs(self.settings), acks="all", enable_idempotence=True)
         await self._producer.start()
         return self
 
