@@ -121,8 +121,8 @@ def test_a_broker_killed_mid_run_and_restarted_loses_nothing(
     record_property("broker_loss_webhook_bodies_lost", len(lost))
     print(
         f"\nBroker killed and restarted: {len(ids) + len(trickle.ids)} requests, each decided with one send; "
-        f"{outcome['duplicates']} decided twice ({outcome['input_copies']} requests the test's producer wrote "
-        f"twice, each decided once per copy); webhook bodies: {len(accepted)} answered 200, "
+        f"{outcome['duplicates']} decided twice ({outcome['input_copies']} requests the test's producer "
+        f"wrote twice, each decided once per copy); webhook bodies: {len(accepted)} answered 200, "
         f"{refused} refused (503, Meta retries), {len(lost)} of the 200s lost"
     )
     assert len(accepted) > 100
