@@ -44,17 +44,21 @@ def _settings() -> Settings:
         sys.exit("wagate: invalid configuration:\n" + "\n".join(lines))
 
 
-def _check_kafka(settings: Settings) -> None:
-    """Reach and log in to Kafka before anything starts; exit naming the setting to fix."""
+def _check_kafka(settings: Settings, command: str = "wagate", start_when_unreachable: bool = False) -> None:
+    """Reach and log in to Kafka before anything starts; exit naming the setting to fix. With
+    ``start_when_unreachable``, only a refusal (login, TLS trust) exits: Kafka merely away is waited for."""
     from streams.kafka_security import KafkaConnectionFailed, check_connection
 
     try:
         asyncio.run(check_connection(settings))
     except KafkaConnectionFailed as exc:
+        if start_when_unreachable and not exc.misconfigured:
+            print(f"{command}: Kafka not reachable yet ({exc}); answering 503 until it is", file=sys.stderr)
+            return
         hint = (
             " (start one with `make kafka-start`)" if settings.kafka_security_protocol == "PLAINTEXT" else ""
         )
-        sys.exit(f"wagate: cannot use Kafka{hint}: {exc}")
+        sys.exit(f"{command}: cannot use Kafka{hint}: {exc}")
 
 
 def _ensure_topics(settings: Settings) -> list[str]:
@@ -101,16 +105,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_webhook(args: argparse.Namespace) -> int:
     settings = _settings()
-    from streams.kafka_security import KafkaConnectionFailed, check_connection
     from streams.web.receiver import run_receiver
 
-    try:
-        asyncio.run(check_connection(settings))
-    except KafkaConnectionFailed as exc:
-        if exc.misconfigured:  # a login or TLS trust to fix: answering 503 for ever would hide it
-            sys.exit(f"wagate webhook: cannot use Kafka: {exc}")
-        # Kafka away: the receiver starts anyway and answers 503 (Meta retries) until it is back.
-        print(f"wagate webhook: Kafka not reachable yet ({exc}); answering 503 until it is", file=sys.stderr)
+    # Kafka away: the receiver starts anyway and answers 503 (Meta retries) until it is back; a login
+    # or TLS trust to fix stops it (answering 503 for ever would hide it).
+    _check_kafka(settings, "wagate webhook", start_when_unreachable=True)
 
     try:
         run_receiver(settings)

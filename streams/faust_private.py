@@ -222,11 +222,9 @@ _TXN_FIRST_ADD_BACKOFF_SECONDS = 0.002
 def tune_transactions() -> None:
     """Shorten aiokafka's fixed wait before re-adding partitions to a new transaction (measured on the
     embedded broker: a transaction of a few records took ~50 ms with it, ~10 ms without)."""
-    try:
-        from aiokafka.producer import sender
-    except ImportError:  # pragma: no cover
-        return
-    if hasattr(sender, "BACKOFF_OVERRIDE"):
+    from aiokafka.producer import sender
+
+    if hasattr(sender, "BACKOFF_OVERRIDE"):  # aiokafka moved it: transactions keep its 20 ms
         sender.BACKOFF_OVERRIDE = _TXN_FIRST_ADD_BACKOFF_SECONDS
 
 
@@ -321,10 +319,7 @@ class PipelineConsumer(faust_aiokafka.Consumer):
                 assigning, self._assigning = self._assigning, None
                 if assigning is not None:
                     await assigning
-                sink_topics = self.sink.topics
-                await self.sink.on_assigned(
-                    {tp.partition for tp in self.assignment() if tp.topic in sink_topics}
-                )
+                await self.sink.on_assigned(self._sink_partitions(self.assignment()))
             committed = await super().seek_to_committed()
             await self._report_positions(dict(committed))
             return committed
@@ -356,19 +351,23 @@ class PipelineConsumer(faust_aiokafka.Consumer):
         if ours:
             sink.on_positions(ours)
 
+    def _sink_partitions(self, tps: Iterable[TP]) -> set[int]:
+        """The input partitions (of the pipeline's co-partitioned topics) among ``tps``."""
+        topics = self.sink.topics if self.sink is not None else frozenset()
+        return {tp.partition for tp in tps if tp.topic in topics}
+
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         if self.sink is not None:
             # Started now, awaited before the committed offsets are read: it runs beside the table's
             # recovery instead of after it (fencing a dead owner's producer can take seconds).
-            partitions = {tp.partition for tp in assigned if tp.topic in self.sink.topics}
-            self._assigning = asyncio.ensure_future(self.sink.on_assigned(partitions))
+            self._assigning = asyncio.ensure_future(self.sink.on_assigned(self._sink_partitions(assigned)))
         await super().on_partitions_assigned(assigned, generation_id)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         if self.sink is not None:
             # exactly_once: what was submitted for them is committed before another worker reads
             # their committed offsets.
-            await self.sink.on_revoking({tp.partition for tp in revoked if tp.topic in self.sink.topics})
+            await self.sink.on_revoking(self._sink_partitions(revoked))
         await super().on_partitions_revoked(revoked)
         if self.sink is not None:
             self.sink.on_positions({tp: None for tp in revoked if tp.topic in self.sink.topics})

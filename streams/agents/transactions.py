@@ -53,7 +53,6 @@ class _Lane:
     on_committed: list[Callable[[], None]] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
     progress: asyncio.Event = field(default_factory=asyncio.Event)
-    committed: int = 0  # transactions committed (for the tests and the metrics)
 
     @property
     def pending(self) -> bool:
@@ -100,12 +99,10 @@ class PartitionTransactions:
             *(producer.start() for producer in producers.values()), return_exceptions=True
         )
         failure = next((r for r in results if isinstance(r, BaseException)), None)
-        for (partition, producer), result in zip(producers.items(), results, strict=True):
-            if isinstance(result, BaseException):
-                await _stop_quietly(producer)
-            elif failure is None:
+        for partition, producer in producers.items():
+            if failure is None:
                 self.lanes[partition] = _Lane(partition, producer)
-            else:
+            else:  # all or none: the assignment is not usable with a partition missing
                 await _stop_quietly(producer)
         if failure is not None:
             raise failure
@@ -167,9 +164,6 @@ class PartitionTransactions:
                 self.lanes.pop(partition, None)
                 await _stop_quietly(lane.producer)
 
-    def committed(self) -> int:
-        return sum(lane.committed for lane in self.lanes.values())
-
     async def _run(self, lane: _Lane) -> None:
         producer = lane.producer
         try:
@@ -182,7 +176,6 @@ class PartitionTransactions:
                 if offsets:
                     await producer.send_offsets_to_transaction(offsets, self.group_id)
                 await producer.commit_transaction()
-                lane.committed += 1
                 if self.on_commit is not None:
                     self.on_commit(outputs, sent, offsets, time.monotonic() - began)
                 for callback in callbacks:
