@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import quote
 
 import faust
 import orjson
@@ -138,7 +139,16 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
             # The worker holding the contact's partition answers; Faust forwards the request there.
             return await app.router.route_req(table.name, key.encode(), view.web, request)
         except SameNode:
-            report = runner.window(key)
+            asked_as = request.query.get("asked_as")
+            report = runner.window(key, asked_as)
+            if isinstance(report, str):
+                # Another identifier of a contact: the contact's canonical identifier answers (its
+                # worker may be another one), saying which identifier was asked for.
+                pnid, canonical = report.split(":", 1)
+                user = request.match_info["user"]
+                path = f"/windows/{quote(pnid, safe='')}/{quote(canonical, safe='')}"
+                location = f"{path}?asked_as={quote(user, safe='')}"
+                return view.bytes(b"", status=307, headers={"Location": location})
             return view.bytes(report.__pydantic_serializer__.to_json(report), content_type="application/json")
 
     @app.page("/health")

@@ -17,7 +17,8 @@ from streams.settings import Settings
 from streams.topology import Topology, topology
 
 CONTACT_KEY = (
-    "contact key: `<phone_number_id>:<user>` (user = wa_id, else the business-scoped user id), or "
+    "contact key: `<phone_number_id>:<user>` (user = wa_id, else the business-scoped user id; a record "
+    "keyed by another identifier of a known contact is moved to the contact's canonical key), or "
     "`<phone_number_id>:group:<group_id>`"
 )
 MURMUR2 = (
@@ -89,6 +90,16 @@ TOPICS: tuple[TopicDoc, ...] = (
         "every gate worker, whole",
         "send",
         "Which WhatsApp Business Account each phone number belongs to.",
+    ),
+    TopicDoc(
+        "contacts",
+        "ContactRecord",
+        "`<phone_number_id>:<identifier>` (a wa_id, BSUID or parent BSUID)",
+        MURMUR2 + " (compacted)",
+        "the gate (when a webhook names one user by two identifiers)",
+        "WhatsApp sender services, CRMs, operators",
+        "send",
+        "Every identifier of a user and the contact whose window they share.",
     ),
     TopicDoc(
         "send",

@@ -170,6 +170,10 @@ def cmd_window(args: argparse.Namespace) -> int:
         return 0
     print(f"{report['contact']}: {report['state']}")
     print(report["summary"])
+    identifiers = report.get("identifiers") or []
+    if len(identifiers) > 1 or report.get("asked_as"):
+        asked = f" (asked as {report['asked_as']})" if report.get("asked_as") else ""
+        print(f"Identifiers of this contact: {', '.join(identifiers)}{asked}")
     if report.get("free_entry_point_until"):
         print(f"Free entry point until {report['free_entry_point_until']:.0f} (messages are not billed).")
     return 0
@@ -271,7 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
         "that owns the contact). For a group, USER is group:<group_id>.",
     )
     window.add_argument("phone_number_id")
-    window.add_argument("user", help="wa_id or business-scoped user id, or group:<group_id>")
+    window.add_argument(
+        "user",
+        help="wa_id, business-scoped user id or parent BSUID (any identifier of the contact), or "
+        "group:<group_id>",
+    )
     window.add_argument("--json", action="store_true", help="print the API's JSON answer")
     window.add_argument("--timeout", type=float, default=10.0)
     window.set_defaults(func=cmd_window)

@@ -36,6 +36,23 @@ class GateMetrics:
             ["source"],
             registry=self.registry,
         )
+        self.aliases_learnt = Counter(
+            "wagate_aliases_learnt",
+            "Identifiers learnt to be another name of a contact, by kind (user_id, parent_user_id)",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.rekeyed = Counter(
+            "wagate_rekeyed_by_alias",
+            "Records addressed by a contact's non-canonical identifier and moved to its canonical contact",
+            ["source"],
+            registry=self.registry,
+        )
+        self.contacts_merged = Counter(
+            "wagate_contacts_merged",
+            "Window state kept under an identifier joined into its contact once the alias was learnt",
+            registry=self.registry,
+        )
         self.transactions = Counter(
             "wagate_transactions",
             "Kafka transactions committed (exactly_once: one per input partition and step)",

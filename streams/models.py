@@ -18,7 +18,7 @@ Intent = Literal["service", "marketing", "utility", "authentication"]
 RecipientType = Literal["individual", "group"]
 Route = Literal["send", "template", "rejected"]
 WindowStateName = Literal["open", "closing", "closed", "none"]
-InboundKind = Literal["message", "call", "status", "preference", "system"]
+InboundKind = Literal["message", "call", "status", "preference", "system", "alias"]
 Reason = Literal[
     "window_open",
     "template",
@@ -89,7 +89,34 @@ class InboundEvent(_Open):
     preference: Preference | None = None
     pricing: dict[str, Any] | None = None
     conversation: Conversation | None = None
-    new_user: str | None = Field(default=None, description="system user_changed_number: the new wa_id")
+    new_user: str | None = Field(
+        default=None,
+        description="system user_changed_number / user_changed_user_id: the user's new identifier (the new "
+        "wa_id when Meta gives one, else the new business-scoped user id): a new contact",
+    )
+    user_id: str | None = Field(
+        default=None,
+        description="the business-scoped user id (BSUID) Meta gave beside a wa_id in 'user': the gate learns "
+        "that both name one contact (written by the gate's normalizer; producers may set it too)",
+    )
+    parent_user_id: str | None = Field(
+        default=None, description="the parent BSUID Meta gave beside 'user' (managed businesses only)"
+    )
+    alias_of: str | None = Field(
+        default=None,
+        description="kind 'alias' (written by the gate): 'user' is another identifier of the contact "
+        "'<phone_number_id>:<alias_of>'",
+    )
+    via: str | None = Field(
+        default=None,
+        description="the identifier the event named the user by, when the gate moved it to the contact's "
+        "canonical identifier in 'user'",
+    )
+    merged_state: dict[str, Any] | None = Field(
+        default=None,
+        description="kind 'alias', type 'merge' (written by the gate): the window state kept under the "
+        "identifier in 'via' until it was known to be this contact, to be joined into this contact's",
+    )
 
 
 class TemplateLanguage(_Open):
@@ -133,7 +160,10 @@ class SendRequest(BaseModel):
 
     request_id: Annotated[str, Field(min_length=1, max_length=128, description="idempotency key")]
     phone_number_id: NonEmpty
-    to: NonEmpty = Field(description="user (wa_id or business-scoped id) or group id")
+    to: NonEmpty = Field(
+        description="user (wa_id, business-scoped user id or parent BSUID) or group id; any identifier of a "
+        "contact reaches its one window once the gate knows they belong together"
+    )
     origin: Origin
     message: OutboundMessage
     recipient_type: RecipientType = "individual"
@@ -142,6 +172,23 @@ class SendRequest(BaseModel):
     created_at: EpochSeconds | None = None
     not_after: EpochSeconds | None = None
     metadata: dict[str, Any] | None = None
+
+
+IdentifierKind = Literal["wa_id", "user_id", "parent_user_id"]
+
+
+class ContactRecord(BaseModel):
+    """``wa.contacts`` (compacted, key ``<phone_number_id>:<identifier>``, co-partitioned): one identifier
+    of a user and the contact whose window it shares. Every identifier of a contact has its record, the
+    canonical one included; the newest record of a key is the truth."""
+
+    phone_number_id: NonEmpty
+    identifier: NonEmpty = Field(description="a wa_id (phone number), BSUID or parent BSUID")
+    contact: NonEmpty = Field(
+        description="the contact key '<phone_number_id>:<canonical identifier>' that holds the window"
+    )
+    identifiers: list[str] = Field(description="every identifier of the contact, the canonical one first")
+    updated_at: EpochSeconds
 
 
 class WindowView(BaseModel):
@@ -160,7 +207,12 @@ class Decision(BaseModel):
     """The gate's answer to one SendRequest, on ``wa.outbound.send|template|rejected``."""
 
     request_id: str
-    contact: str | None = Field(description="contact key; the record key when the request was unreadable")
+    contact: str | None = Field(
+        description="the contact key the request was decided under: '<phone_number_id>:<canonical "
+        "identifier>' (a request addressed by another identifier of a known contact is decided under the "
+        "contact's canonical one; 'to' keeps the identifier the request used); the record key when the "
+        "request was unreadable"
+    )
     phone_number_id: str | None
     to: str | None
     recipient_type: RecipientType | None
@@ -204,6 +256,13 @@ class WindowReport(BaseModel):
     free_entry_point_until: EpochSeconds | None
     marketing_opted_out: bool
     marketing_cooldown_until: EpochSeconds | None = None
+    identifiers: list[str] = Field(
+        default_factory=list,
+        description="every identifier the gate knows for this contact (wa_id, BSUIDs), the canonical first",
+    )
+    asked_as: str | None = Field(
+        default=None, description="the identifier asked for, when it is not the contact's canonical one"
+    )
     summary: str = Field(
         description="one sentence for a person: open until when, or template required and why"
     )
@@ -280,4 +339,5 @@ WIRE_MODELS: dict[str, type[BaseModel]] = {
     "TemplateRecord": TemplateRecord,
     "WindowReport": WindowReport,
     "NumberRecord": NumberRecord,
+    "ContactRecord": ContactRecord,
 }

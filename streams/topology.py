@@ -27,6 +27,7 @@ class Topology:
     inbound: TopicSpec
     templates: TopicSpec
     numbers: TopicSpec
+    contacts: TopicSpec
     requests: TopicSpec
     send: TopicSpec
     template: TopicSpec
@@ -63,6 +64,9 @@ def topology(settings: Settings) -> Topology:
         templates=topic("wa.templates", compacted=True),
         # phone_number_id -> waba_id learnt from webhooks (key: phone_number_id); read whole by every worker.
         numbers=topic("wa.numbers", compacted=True),
+        # One record per identifier of a user (key <phone_number_id>:<identifier>): the contact it shares a
+        # window with. Written by the worker holding the contact, on the identifier's own partition.
+        contacts=topic("wa.contacts", compacted=True, copartitioned=True),
         requests=topic("wa.outbound.requests", copartitioned=True),
         # Keyed by contact and written with an explicit murmur2 partition: same count as the inputs.
         send=topic("wa.outbound.send", copartitioned=True),

@@ -1,8 +1,10 @@
-"""Every worker's copy of the template registry: ``wa.templates`` and ``wa.numbers`` read whole.
+"""Every worker's copy of the template registry: ``wa.templates``, ``wa.numbers`` and ``wa.contacts``
+read whole.
 
 Templates are few and every worker needs all of them (any request may name any template), so each
-worker reads both compacted topics from the start with a plain consumer outside the group, then
-follows them. Agents wait for the first full read before deciding anything: a decision made on a
+worker reads the compacted topics from the start with a plain consumer outside the group, then
+follows them. ``wa.contacts`` lets the normalizer address an event that names a user only by a BSUID
+to the contact it belongs to at once (its partition's state says so too, a hop later). Agents wait for the first full read before deciding anything: a decision made on a
 half-loaded registry would call a known template unknown.
 """
 
@@ -17,7 +19,7 @@ from pydantic import ValidationError
 
 from streams.kafka_security import client_kwargs
 from streams.metrics import GateMetrics
-from streams.models import NumberRecord, TemplateRecord
+from streams.models import ContactRecord, NumberRecord, TemplateRecord
 from streams.policy.templates import Registry
 from streams.settings import Settings
 from streams.topology import Topology
@@ -39,6 +41,9 @@ class RegistryFollower:
         try:
             if topic == self.topo.templates.name:
                 self.registry.apply(TemplateRecord.model_validate_json(value))
+            elif topic == self.topo.contacts.name:
+                record = ContactRecord.model_validate_json(value)
+                self.registry.learn_contact(record.phone_number_id, record.identifier, record.contact)
             else:
                 number = NumberRecord.model_validate_json(value)
                 self.registry.learn_number(number.phone_number_id, number.waba_id)
@@ -48,7 +53,7 @@ class RegistryFollower:
             log.warning("skipped an unreadable record on %s", topic)
 
     async def run(self) -> None:
-        names = [self.topo.templates.name, self.topo.numbers.name]
+        names = [self.topo.templates.name, self.topo.numbers.name, self.topo.contacts.name]
         consumer = AIOKafkaConsumer(
             **client_kwargs(self.settings),
             group_id=None,
@@ -67,9 +72,10 @@ class RegistryFollower:
                 if not pending and not self.loaded.is_set():
                     self.loaded.set()
                     log.info(
-                        "template registry loaded: %d templates, %d numbers in %.1f s",
+                        "template registry loaded: %d templates, %d numbers, %d aliases in %.1f s",
                         len(self.registry.templates),
                         len(self.registry.numbers),
+                        len(self.registry.aliases),
                         time.monotonic() - started,
                     )
                 batches = await consumer.getmany(timeout_ms=500)

@@ -11,11 +11,15 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+
+import orjson
 
 from streams.core.records import InputRecord, Output, StateStore
 from streams.metrics import GateMetrics
 from streams.models import (
+    ContactRecord,
     DeadLetter,
     Decision,
     InboundEvent,
@@ -24,13 +28,21 @@ from streams.models import (
     WindowEvent,
     trusted,
 )
+from streams.policy.contacts import (
+    Alias,
+    Named,
+    carried_marketing,
+    learn_aliases,
+    merge_states,
+    point_to,
+)
 from streams.policy.decide import decide, decide_invalid
 from streams.policy.keys import contact_key, partition_for, request_contact_key
 from streams.policy.parse import InvalidPayload, parse_inbound_event, parse_send_request
-from streams.policy.rules import WindowRules
+from streams.policy.rules import IDENTITY_CHANGE_TYPES, MARKETING_PREFERENCE_CATEGORY, WindowRules
 from streams.policy.templates import Registry, template_key
 from streams.policy.webhook import InvalidWebhook, normalize_webhook
-from streams.policy.window import ContactState, InboundEffect, apply_inbound, is_gate_miss
+from streams.policy.window import ContactState, InboundEffect, apply_inbound, is_gate_miss, view
 from streams.policy.window_events import opened_event
 from streams.topology import Topology
 
@@ -43,6 +55,11 @@ WindowWatch = Callable[[int, str, ContactState], None]
 # huge record cannot make an output larger than Kafka takes (which would stop the worker).
 MAX_ECHO_BYTES = 64 * 1024  # Meta's bodies are a few KB; past this the value stays on its source topic
 MAX_KEY_ECHO_BYTES = 4096  # a key is echoed twice in a rejection (record key and contact)
+
+# Aliases announced lately (phone_number_id, identifiers): a user's every message names the same ones,
+# and announcing them once per worker run is enough (the announcements are idempotent).
+ANNOUNCED_CACHE_SIZE = 100_000
+_OPEN = ("open", "closing")
 
 HELD_PAST_LIMIT_NOTE = (
     " Decided after the hold limit (WAGATE_MAX_HOLD_SECONDS): inbound events written before this request"
@@ -81,6 +98,7 @@ class Processor:
         self.window_events = window_events
         self.watch = watch or (lambda partition, key, state: None)
         self._changelog = topo.contact_state_changelog.name
+        self._announced: OrderedDict[tuple[str, tuple[str, ...]], None] = OrderedDict()
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -104,6 +122,13 @@ class Processor:
             if self._repartitioned(record, key, partition_for(key, self.partitions), "inbound", out):
                 return
             state = self.load(key, record.partition)
+            if parsed.group_id is None:
+                if state.alias_of is not None and not (parsed.kind == "alias" and parsed.type == "point"):
+                    self._rekey_event(record, parsed, state.alias_of, out)
+                    return
+                if parsed.kind == "alias":
+                    self._alias(record, parsed, key, state, out)
+                    return
             now = self.clock()
             if is_gate_miss(state, parsed, now, self.rules):
                 self.metrics.gate_misses.inc()
@@ -111,6 +136,19 @@ class Processor:
                     "gate miss: a 131047-type failure after a window_open send (see wagate_gate_misses)"
                 )
             new_state, effect = apply_inbound(state, parsed, now, self.rules)
+            if parsed.group_id is None and (parsed.user_id or parsed.parent_user_id):
+                # An event that names its user by two identifiers (written straight to wa.inbound): the
+                # contact learns the alias and tells the other identifier's partition.
+                named: list[Named] = [
+                    ("user_id", parsed.user_id or ""),
+                    ("parent_user_id", parsed.parent_user_id or ""),
+                ]
+                others = [(kind, value) for kind, value in named if value]
+                new_state = self._learn(
+                    parsed.phone_number_id, parsed.user, new_state, others, parsed.timestamp, out, point=True
+                )
+            if parsed.kind == "system" and parsed.type in IDENTITY_CHANGE_TYPES and parsed.new_user:
+                self._carry_to_new_contact(record, parsed, state, out)
             if new_state is not state:
                 self.store(key, new_state, record.partition, out)
                 self.watch(record.partition, key, new_state)
@@ -130,7 +168,16 @@ class Processor:
                 self.dead_letter(record, exc.detail, exc.cause, out)
                 self.metrics.webhook_bodies.labels("dead_lettered").inc()
                 return
+            for alias in result.aliases:
+                self._announce(alias, record.timestamp, out)
             for inbound in result.events:
+                if inbound.group_id is None:
+                    # Named only by another identifier of a known contact: addressed to the contact now
+                    # (its partition would move it there too, one hop later).
+                    canonical = self.registry.canonical_of(inbound.phone_number_id, inbound.user)
+                    if canonical is not None:
+                        inbound = inbound.model_copy(update={"user": canonical, "via": inbound.user})
+                        self.metrics.rekeyed.labels("webhooks").inc()
                 out.append(self._inbound_output(inbound, record.timestamp))
                 self.metrics.webhook_items.labels(f"event_{inbound.kind}").inc()
             for pnid, waba in result.numbers:
@@ -153,7 +200,7 @@ class Processor:
         except Exception as exc:  # bad input must never stop the worker: dead-letter it instead
             self.internal_error(record, exc, out)
 
-    def _inbound_output(self, inbound: InboundEvent, timestamp_ms: int) -> Output:
+    def _inbound_output(self, inbound: InboundEvent, timestamp_ms: int | None) -> Output:
         key = contact_key(inbound.phone_number_id, inbound.user, inbound.group_id)
         value = inbound.__pydantic_serializer__.to_json(inbound, exclude_none=True)
         # The body's record timestamp: the event was written to Kafka when the body was.
@@ -183,13 +230,35 @@ class Processor:
                     self.publish(rejection, record_key, None, out, held_past_limit, size)
                 return
             request, received = parsed
-            key = request_contact_key(request.phone_number_id, request.to, request.recipient_type)
+            asked = request_contact_key(request.phone_number_id, request.to, request.recipient_type)
+            key, state = asked, None
+            individual = request.recipient_type == "individual"
+            if individual and record.key is not None and record.key != asked.encode():
+                # Re-keyed here by alias (or a stray): decided under the record's contact if it names one
+                # of this partition whose identifiers include 'to'.
+                claimed = self._claimed_contact(record, request.phone_number_id)
+                if claimed is not None:
+                    claimed_state = self.load(claimed, record.partition)
+                    if claimed_state.alias_of is not None:
+                        self._rekey_request(record, request.phone_number_id, claimed_state.alias_of, out)
+                        return
+                    if request.to in claimed_state.aliases:
+                        key, state = claimed, claimed_state
             # Hashed once: checked here, reused as the decision's partition.
             partition = partition_for(key, self.partitions)
-            if self._repartitioned(record, key, partition, "requests", out):
-                return
-            state = self.load(key, record.partition)
+            if state is None:
+                if self._repartitioned(record, key, partition, "requests", out):
+                    return
+                state = self.load(key, record.partition)
+                if individual and state.alias_of is not None:
+                    self._rekey_request(record, request.phone_number_id, state.alias_of, out)
+                    return
             decision, new_state = decide(request, received, state, now, self.rules, self.registry)
+            if key != asked:
+                decision.contact = key
+                decision.detail += (
+                    " ('to' is another identifier of this contact: decided against its window.)"
+                )
             if new_state is not state:
                 self.store(key, new_state, record.partition, out)
             self.publish(decision, key.encode(), partition, out, held_past_limit, len(record.value or b""))
@@ -254,6 +323,244 @@ class Processor:
             exc_info=log.isEnabledFor(logging.DEBUG),
         )
         self.dead_letter(record, f"internal error: {type(exc).__name__}", "internal_error", out)
+
+    # -- one person, several identifiers (policy.contacts) ----------------------------------------
+
+    def _announce(self, alias: Alias, timestamp_ms: int, out: list[Output]) -> None:
+        """A webhook item named one user by several identifiers: the canonical contact learns the others
+        and each other identifier's partition learns where its contact is, in this same step, so that a
+        request written after the webhook finds the alias on its own partition (ordering contract)."""
+        seen = (alias.phone_number_id, alias.identifiers)
+        if seen in self._announced:
+            self._announced.move_to_end(seen)
+            return
+        self._announced[seen] = None
+        if len(self._announced) > ANNOUNCED_CACHE_SIZE:
+            self._announced.popitem(last=False)
+        pnid = alias.phone_number_id
+        learn: dict[str, object] = {
+            "event_id": f"alias:{alias.canonical}",
+            "phone_number_id": pnid,
+            "user": alias.canonical,
+            "timestamp": alias.at,
+            "kind": "alias",
+            "type": "learn",
+        }
+        for kind, value in alias.others:
+            learn.setdefault(kind, value)
+        out.append(self._inbound_output(InboundEvent.model_validate(learn), timestamp_ms))
+        for _, other in alias.others:
+            self._point(pnid, other, alias.canonical, alias.at, timestamp_ms, out)
+
+    def _point(
+        self,
+        pnid: str,
+        identifier: str,
+        canonical: str,
+        at: float,
+        timestamp_ms: int | None,
+        out: list[Output],
+    ) -> None:
+        point = InboundEvent.model_validate(
+            {
+                "event_id": f"alias:{identifier}",
+                "phone_number_id": pnid,
+                "user": identifier,
+                "timestamp": at,
+                "kind": "alias",
+                "type": "point",
+                "alias_of": canonical,
+            }
+        )
+        out.append(self._inbound_output(point, timestamp_ms))
+
+    def _learn(
+        self,
+        pnid: str,
+        canonical: str,
+        state: ContactState,
+        others: list[Named],
+        at: float,
+        out: list[Output],
+        point: bool,
+        timestamp_ms: int | None = None,
+    ) -> ContactState:
+        """The canonical contact records identifiers it did not know; wa.contacts gets a record for
+        each of its identifiers; with ``point`` their partitions are told too."""
+        new_state, new = learn_aliases(state, canonical, [value for _, value in others])
+        if not new:
+            return state
+        kinds = dict((value, kind) for kind, value in others)
+        for identifier in new:
+            self.metrics.aliases_learnt.labels(kinds.get(identifier, "user_id")).inc()
+            if point:
+                self._point(pnid, identifier, canonical, at, timestamp_ms, out)
+        contact = contact_key(pnid, canonical)
+        identifiers = [canonical, *new_state.aliases]
+        for identifier in identifiers:
+            record = ContactRecord(
+                phone_number_id=pnid,
+                identifier=identifier,
+                contact=contact,
+                identifiers=identifiers,
+                updated_at=self.clock(),
+            )
+            key = contact_key(pnid, identifier)
+            self.registry.learn_contact(pnid, identifier, contact)  # this worker knows it at once
+            out.append(
+                Output(
+                    self.topo.contacts.name,
+                    key.encode(),
+                    record.__pydantic_serializer__.to_json(record),
+                    partition_for(key, self.partitions),
+                )
+            )
+        return new_state
+
+    def _alias(
+        self, record: InputRecord, event: InboundEvent, key: str, state: ContactState, out: list[Output]
+    ) -> None:
+        """An alias event (written by the gate): learn, point or merge."""
+        new_state = state
+        effect = InboundEffect.NONE
+        if event.type == "learn":
+            named: list[Named] = [
+                ("user_id", event.user_id or ""),
+                ("parent_user_id", event.parent_user_id or ""),
+            ]
+            others = [(kind, value) for kind, value in named if value]
+            new_state = self._learn(
+                event.phone_number_id,
+                event.user,
+                state,
+                others,
+                event.timestamp,
+                out,
+                False,
+                record.timestamp,
+            )
+        elif event.type == "point" and event.alias_of:
+            new_state, carried = point_to(state, event.user, event.alias_of, event.timestamp)
+            if carried is not None:
+                # What was kept under this identifier joins the contact's window (policy.contacts).
+                target = contact_key(event.phone_number_id, event.alias_of)
+                merge = InboundEvent.model_validate(
+                    {
+                        "event_id": f"merge:{event.user}:{event.timestamp}",
+                        "phone_number_id": event.phone_number_id,
+                        "user": event.alias_of,
+                        "timestamp": event.timestamp,
+                        "kind": "alias",
+                        "type": "merge",
+                        "via": event.user,
+                        "merged_state": orjson.loads(carried.to_bytes()),
+                    }
+                )
+                value = merge.__pydantic_serializer__.to_json(merge, exclude_none=True)
+                out.append(
+                    Output(
+                        self.topo.inbound.name,
+                        target.encode(),
+                        value,
+                        partition_for(target, self.partitions),
+                        record.timestamp,
+                    )
+                )
+                self.metrics.contacts_merged.inc()
+        elif event.type == "merge" and event.merged_state is not None:
+            carried = ContactState.from_bytes(orjson.dumps(event.merged_state))
+            now = self.clock()
+            joined: list[Named] = [("user_id", alias) for alias in (event.via, *carried.aliases) if alias]
+            learnt = self._learn(
+                event.phone_number_id,
+                event.user,
+                state,
+                joined,
+                event.timestamp,
+                out,
+                False,
+                record.timestamp,
+            )
+            new_state = merge_states(learnt, carried)
+            if (
+                view(state, now, self.rules).state not in _OPEN
+                and view(new_state, now, self.rules).state in _OPEN
+            ):
+                effect = InboundEffect.OPENED
+                if self.window_events:
+                    self.window_event(opened_event(key, new_state, self.rules), record.partition, out)
+        if new_state is not state:
+            self.store(key, new_state, record.partition, out)
+            self.watch(record.partition, key, new_state)
+        self.metrics.count_inbound("alias", effect.value)
+
+    def _carry_to_new_contact(
+        self, record: InputRecord, event: InboundEvent, old: ContactState, out: list[Output]
+    ) -> None:
+        """A number (or BSUID) change: the user's marketing preference follows them to the new contact;
+        the window does not (docs/contract.md)."""
+        carried = carried_marketing(old)
+        if carried is None or event.new_user is None:
+            return
+        at, opted_out = carried
+        preference = InboundEvent.model_validate(
+            {
+                "event_id": f"carried:{event.event_id}",
+                "phone_number_id": event.phone_number_id,
+                "user": event.new_user,
+                "timestamp": at,
+                "kind": "preference",
+                "type": MARKETING_PREFERENCE_CATEGORY,
+                "preference": {
+                    "category": MARKETING_PREFERENCE_CATEGORY,
+                    "value": "stop" if opted_out else "resume",
+                },
+                "via": event.user,
+            }
+        )
+        out.append(self._inbound_output(preference, record.timestamp))
+
+    def _rekey_event(self, record: InputRecord, event: InboundEvent, target: str, out: list[Output]) -> None:
+        moved = event.model_copy(update={"user": target, "via": event.via or event.user})
+        key = contact_key(event.phone_number_id, target)
+        value = moved.__pydantic_serializer__.to_json(moved, exclude_none=True)
+        out.append(
+            Output(
+                self.topo.inbound.name,
+                key.encode(),
+                value,
+                partition_for(key, self.partitions),
+                record.timestamp,
+            )
+        )
+        self.metrics.rekeyed.labels("inbound").inc()
+
+    def _rekey_request(self, record: InputRecord, pnid: str, target: str, out: list[Output]) -> None:
+        # The request is moved as written ('to' unchanged); its new key names the contact, which is what
+        # the receiving partition checks against the contact's identifiers.
+        key = contact_key(pnid, target)
+        out.append(
+            Output(
+                self.topo.requests.name,
+                key.encode(),
+                record.value,
+                partition_for(key, self.partitions),
+                record.timestamp,
+            )
+        )
+        self.metrics.rekeyed.labels("requests").inc()
+
+    def _claimed_contact(self, record: InputRecord, pnid: str) -> str | None:
+        """The record's key when it names a contact of this phone number on this partition."""
+        raw = record.key
+        if raw is None or not raw.startswith(pnid.encode() + b":") or b":group:" in raw:
+            return None
+        if partition_for(raw, self.partitions) != record.partition:
+            return None
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
 
     def _repartitioned(
         self, record: InputRecord, key: str, expected: int, source: str, out: list[Output]

@@ -20,6 +20,7 @@ from streams.models import (
     WindowView,
     trusted,
 )
+from streams.policy.contacts import is_business_scoped
 from streams.policy.keys import request_contact_key
 from streams.policy.parse import InvalidPayload
 from streams.policy.pricing import price
@@ -63,10 +64,12 @@ def _window_view(snapshot: WindowSnapshot) -> WindowView:
 
 
 def _cloud_body(request: SendRequest, message: dict[str, Any]) -> dict[str, Any]:
+    # The Cloud API takes a phone number or group id as 'to' and a BSUID or parent BSUID as 'recipient'.
+    address = "recipient" if is_business_scoped(request.to) else "to"
     return {
         "messaging_product": "whatsapp",
         "recipient_type": request.recipient_type,
-        "to": request.to,
+        address: request.to,
         **message,
     }
 

@@ -21,7 +21,12 @@ BUSINESS_INITIATED = "BUSINESS_INITIATED"
 # Failed-status error codes that mean "the window is closed", whatever our state says:
 # 131047 (Cloud API re-engagement), 470 (legacy On-Premises), 63016 (Twilio's mapping of it).
 WINDOW_CLOSED_ERROR_CODES: frozenset[int] = frozenset({131047, 470, 63016})
+# System messages that say the user is now someone else to this business: a new phone number (with its
+# new BSUID), or a new BSUID alone (a user whose number is withheld). The old contact's window closes;
+# the new identifier is a new contact (docs/contract.md, "One person, several identifiers").
 NUMBER_CHANGE_TYPE = "user_changed_number"
+USER_ID_CHANGE_TYPE = "user_changed_user_id"
+IDENTITY_CHANGE_TYPES: frozenset[str] = frozenset({NUMBER_CHANGE_TYPE, USER_ID_CHANGE_TYPE})
 # Marketing: 131050 = the user stopped marketing messages; 131049 = Meta held a marketing message back
 # (per-user marketing limit), which the gate treats as a 24 h cooldown.
 MARKETING_OPT_OUT_ERROR_CODE = 131050

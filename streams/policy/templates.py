@@ -52,13 +52,27 @@ def merge_template(current: TemplateRecord | None, incoming: TemplateRecord) -> 
 
 @dataclass
 class Registry:
-    """Every worker's copy of the template registry and of which number belongs to which account."""
+    """Every worker's copy of the template registry, of which number belongs to which account, and of
+    which identifiers are another name of a contact (wa.contacts)."""
 
     templates: dict[str, TemplateRecord] = field(default_factory=dict)
     templates_per_waba: dict[str, int] = field(default_factory=dict)
     # phone_number_id -> waba_id: learnt from webhooks, overridden by nothing, completed by settings.
     numbers: dict[str, str] = field(default_factory=dict)
     configured_numbers: Mapping[str, str] = field(default_factory=dict)
+    # (phone_number_id, identifier) -> canonical identifier, for non-canonical identifiers only.
+    aliases: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def learn_contact(self, phone_number_id: str, identifier: str, contact: str) -> None:
+        """A wa.contacts record: ``identifier`` shares the window of the contact key ``contact``."""
+        canonical = contact.split(":", 1)[1]
+        if canonical == identifier:
+            self.aliases.pop((phone_number_id, identifier), None)
+        else:
+            self.aliases[(phone_number_id, identifier)] = canonical
+
+    def canonical_of(self, phone_number_id: str, identifier: str) -> str | None:
+        return self.aliases.get((phone_number_id, identifier))
 
     def apply(self, record: TemplateRecord) -> TemplateRecord:
         key = template_key(record.waba_id, record.name, record.language)

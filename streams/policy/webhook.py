@@ -9,6 +9,7 @@ dead-letter the body with the reason while the rest of it still counts.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ import orjson
 from pydantic import ValidationError
 
 from streams.models import InboundEvent, TemplateRecord
+from streams.policy.contacts import Alias, Named, canonical_identifier, is_business_scoped
 
 WHATSAPP_OBJECT = "whatsapp_business_account"
 TEMPLATE_FIELDS = frozenset(
@@ -44,6 +46,8 @@ class NormalizedWebhook:
     problems: list[str] = field(default_factory=list)
     # Change fields this gate does not use (account_update, message_echoes, ...): counted, not errors.
     ignored_fields: list[str] = field(default_factory=list)
+    # Items that named one user by two or more identifiers (wa_id, BSUID, parent BSUID): one contact.
+    aliases: list[Alias] = field(default_factory=list)
 
 
 def normalize_webhook(body: bytes, received_at: float) -> NormalizedWebhook:
@@ -114,6 +118,10 @@ def _change(
             if isinstance(fields, str):
                 out.problems.append(f"{item_where}: {fields}")
                 continue
+            for identifiers in fields.pop(_IDENTIFIERS):
+                alias = Alias.of(pnid, identifiers, fields["timestamp"])
+                if alias is not None:
+                    out.aliases.append(alias)
             try:
                 out.events.append(InboundEvent.model_validate(fields))
             except ValidationError as exc:
@@ -129,21 +137,40 @@ class _Context:
     display_phone_number: str | None
     contacts: list[dict[str, Any]]
 
-    def base(self, event_id: Any, user: str | None, timestamp: Any) -> dict[str, Any] | str:
+    def base(self, event_id: Any, identifiers: Iterable[Named], timestamp: Any) -> dict[str, Any] | str:
+        """The event's common fields. ``identifiers``: every id the item gives the user (wa_id, BSUID,
+        parent BSUID); the contacts block adds the ids of the contact that shares one of them. The user
+        is their canonical one (policy.contacts); the others ride along and reveal an alias."""
         if _text(event_id) is None:
             return "no 'id'"
-        if user is None:
+        ids = self.with_contact_ids(identifiers)
+        if not ids:
             return "no user id (wa_id/from or user_id)"
         ts = _number(timestamp)
         if ts is None:
             return "no numeric 'timestamp'"
-        return {
+        user = canonical_identifier(ids)
+        fields: dict[str, Any] = {
             "event_id": _text(event_id),
             "phone_number_id": self.phone_number_id,
             "user": user,
             "timestamp": ts,
             "waba_id": self.waba_id,
+            _IDENTIFIERS: [ids],
         }
+        for kind, value in sorted(ids):
+            if kind != "wa_id" and value != user:
+                fields.setdefault(kind, value)
+        return fields
+
+    def with_contact_ids(self, identifiers: Iterable[Named]) -> set[Named]:
+        ids = set(identifiers)
+        values = {value for _, value in ids}
+        for contact in self.contacts:
+            named = _named(contact, _CONTACT_ID_FIELDS)
+            if {value for _, value in named} & values:
+                ids |= named
+        return ids
 
     def only_contact(self) -> str | None:
         if len(self.contacts) == 1:
@@ -151,15 +178,45 @@ class _Context:
         return None
 
 
+# Where a contacts[] entry (or a system message's new identity) names the user, by kind.
+_CONTACT_ID_FIELDS: tuple[Named, ...] = (
+    ("wa_id", "wa_id"),
+    ("user_id", "user_id"),
+    ("parent_user_id", "parent_user_id"),
+)
+# The key under which the converters hand over their identifier sets.
+_IDENTIFIERS = "_identifiers"
+
+
+def _named(source: dict[str, Any], fields: tuple[Named, ...]) -> set[Named]:
+    """The identifiers ``source`` gives in ``fields`` ((kind, field name) pairs)."""
+    out: set[Named] = set()
+    for kind, name in fields:
+        value = _text(source.get(name))
+        if value is not None:
+            out.add((kind, value))
+    return out
+
+
 def _message(ctx: _Context, msg: dict[str, Any]) -> dict[str, Any] | str:
-    fields = ctx.base(msg.get("id"), _first_text(msg, "from", "from_user_id"), msg.get("timestamp"))
+    identifiers = list(
+        _named(
+            msg, (("wa_id", "from"), ("user_id", "from_user_id"), ("parent_user_id", "from_parent_user_id"))
+        )
+    )
+    fields = ctx.base(msg.get("id"), identifiers, msg.get("timestamp"))
     if isinstance(fields, str):
         return fields
     mtype = _text(msg.get("type")) or "unknown"
     system = msg.get("system") if isinstance(msg.get("system"), dict) else None
     if mtype == "system" and system is not None:
         fields.update(kind="system", type=_text(system.get("type")) or "system")
-        fields["new_user"] = _first_text(system, "wa_id", "user_id")
+        # user_changed_number / user_changed_user_id: the new identifiers are a new contact, and two
+        # of them given together are one.
+        new_ids = {named for named in _named(system, _CONTACT_ID_FIELDS) if named[1] != fields["user"]}
+        if new_ids:
+            fields["new_user"] = canonical_identifier(new_ids)
+            fields[_IDENTIFIERS].append(new_ids)
     else:
         fields.update(kind="message", type=mtype)
     group_id = _text(msg.get("group_id"))
@@ -176,12 +233,21 @@ def _message(ctx: _Context, msg: dict[str, Any]) -> dict[str, Any] | str:
 def _status(ctx: _Context, status: dict[str, Any]) -> dict[str, Any] | str:
     group = status.get("recipient_type") == "group"
     if group:
-        user = _first_text(
-            status, "recipient_participant_id", "recipient_participant_user_id", "recipient_id"
+        names: tuple[Named, ...] = (
+            ("wa_id", "recipient_participant_id"),
+            ("user_id", "recipient_participant_user_id"),
+            ("parent_user_id", "recipient_participant_parent_user_id"),
         )
+        identifiers = list(_named(status, names)) or list(_named(status, (("wa_id", "recipient_id"),)))
     else:
-        user = _first_text(status, "recipient_id", "recipient_user_id")
-    fields = ctx.base(status.get("id"), user, status.get("timestamp"))
+        names = (
+            ("wa_id", "recipient_id"),
+            ("user_id", "recipient_user_id"),
+            ("parent_user_id", "recipient_parent_user_id"),
+            ("parent_user_id", "parent_recipient_user_id"),
+        )
+        identifiers = list(_named(status, names))
+    fields = ctx.base(status.get("id"), identifiers, status.get("timestamp"))
     if isinstance(fields, str):
         return fields
     state = (_text(status.get("status")) or "unknown").lower()
@@ -209,17 +275,21 @@ def _status(ctx: _Context, status: dict[str, Any]) -> dict[str, Any] | str:
 
 def _call(ctx: _Context, call: dict[str, Any]) -> dict[str, Any] | str:
     direction = call.get("direction")
-    if direction == "BUSINESS_INITIATED":
-        user = _first_text(call, "to", "to_user_id")
-        other = _first_text(call, "from", "from_user_id")
-    else:
-        user = _first_text(call, "from", "from_user_id")
-        other = _first_text(call, "to", "to_user_id")
-    if user is not None and user == ctx.display_phone_number:
+    side, other_side = ("to", "from") if direction == "BUSINESS_INITIATED" else ("from", "to")
+    if _text(call.get(side)) is not None and _text(call.get(side)) == ctx.display_phone_number:
         # Some payloads put the business number on the side the direction says is the user's;
         # the single contact block names the user reliably.
-        user = ctx.only_contact() or other
-    fields = ctx.base(call.get("id"), user, call.get("timestamp"))
+        side = other_side
+        only = ctx.only_contact()
+        if only is not None:
+            call = {**call, side: only}
+    identifiers = list(
+        _named(
+            call,
+            (("wa_id", side), ("user_id", f"{side}_user_id"), ("parent_user_id", f"{side}_parent_user_id")),
+        )
+    )
+    fields = ctx.base(call.get("id"), identifiers, call.get("timestamp"))
     if isinstance(fields, str):
         return fields
     fields.update(kind="call", type=(_text(call.get("event")) or "unknown").lower())
@@ -229,12 +299,16 @@ def _call(ctx: _Context, call: dict[str, Any]) -> dict[str, Any] | str:
 
 
 def _preference(ctx: _Context, pref: dict[str, Any]) -> dict[str, Any] | str:
-    user = _first_text(pref, "wa_id", "user_id") or ctx.only_contact()
+    identifiers: list[Named] = list(_named(pref, _CONTACT_ID_FIELDS))
+    only = ctx.only_contact()
+    if not identifiers and only is not None:
+        identifiers = [("user_id" if is_business_scoped(only) else "wa_id", only)]
+    user = _first_text(pref, "wa_id", "user_id", "parent_user_id") or only
     category = _text(pref.get("category")) or "unknown"
     value = (_text(pref.get("value")) or "unknown").lower()
     # Meta gives preference updates no id: one made of what they say keeps the dedupe key stable.
     event_id = f"pref:{category}:{value}:{pref.get('timestamp')}:{user}"
-    fields = ctx.base(event_id, user, pref.get("timestamp"))
+    fields = ctx.base(event_id, identifiers, pref.get("timestamp"))
     if isinstance(fields, str):
         return fields
     fields.update(kind="preference", type=category, preference={"category": category, "value": value})

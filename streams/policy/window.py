@@ -22,13 +22,13 @@ from streams.policy.rules import (
     FREE_ENTRY_POINT_ANSWER_SECONDS,
     FREE_ENTRY_POINT_ORIGIN,
     FREE_ENTRY_POINT_SECONDS,
+    IDENTITY_CHANGE_TYPES,
     MARKETING_COOLDOWN_ERROR_CODE,
     MARKETING_COOLDOWN_SECONDS,
     MARKETING_OPT_OUT_ERROR_CODE,
     MARKETING_PREFERENCE_CATEGORY,
     MARKETING_RESUME_VALUES,
     MARKETING_STOP_VALUES,
-    NUMBER_CHANGE_TYPE,
     WINDOW_CLOSED_ERROR_CODES,
     WindowRules,
 )
@@ -61,6 +61,12 @@ class ContactState:
     # The expires_at of the window whose `expiring` / `closed` event went out (wa.windows): each once.
     expiring_sent_for: float | None = None
     closed_sent_for: float | None = None
+    # Identity (docs/contract.md, "One person, several identifiers"). Under a non-canonical identifier's
+    # key the state holds only ``alias_of``: the canonical identifier whose contact holds the window.
+    # Under the canonical key, ``aliases`` lists the contact's other identifiers.
+    alias_of: str | None = None
+    alias_at: float | None = None
+    aliases: tuple[str, ...] = ()
 
     def to_bytes(self) -> bytes:
         data: dict[str, Any] = {"o": self.last_opener_at, "c": self.closed_at, "d": self.decided}
@@ -81,6 +87,11 @@ class ContactState:
                 data[key] = value
         if self.marketing_opted_out:
             data["mo"] = True
+        if self.alias_of is not None:
+            data["ao"] = self.alias_of
+            data["aa"] = self.alias_at
+        if self.aliases:
+            data["al"] = list(self.aliases)
         return orjson.dumps(data)
 
     @classmethod
@@ -103,6 +114,9 @@ class ContactState:
             free_form_sent_at=data.get("ff"),
             expiring_sent_for=data.get("xe"),
             closed_sent_for=data.get("xc"),
+            alias_of=data.get("ao"),
+            alias_at=data.get("aa"),
+            aliases=tuple(data.get("al") or ()),
         )
 
 
@@ -146,7 +160,7 @@ def is_opener(event: InboundEvent, rules: WindowRules) -> bool:
 def is_authoritative_close(event: InboundEvent) -> bool:
     if event.kind == "status" and event.type == "failed" and event.errors:
         return any(error.code in WINDOW_CLOSED_ERROR_CODES for error in event.errors)
-    return event.kind == "system" and event.type == NUMBER_CHANGE_TYPE
+    return event.kind == "system" and event.type in IDENTITY_CHANGE_TYPES
 
 
 def _error_codes(event: InboundEvent) -> set[int]:
@@ -332,7 +346,11 @@ def _utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def window_report(contact: str, state: ContactState, now: float, rules: WindowRules) -> WindowReport:
+def window_report(
+    contact: str, state: ContactState, now: float, rules: WindowRules, asked_as: str | None = None
+) -> WindowReport:
+    """The contact's window for a person. ``asked_as``: the identifier asked for, when the gate answered
+    for the contact it is an alias of."""
     snapshot = view(state, now, rules)
     if snapshot.state == "open":
         summary = f"Open until {_utc(snapshot.expires_at or now)}: free-form messages go out."
@@ -360,5 +378,7 @@ def window_report(contact: str, state: ContactState, now: float, rules: WindowRu
         marketing_cooldown_until=state.marketing_cooldown_until
         if state.marketing_cooldown_until is not None and state.marketing_cooldown_until > now
         else None,
+        identifiers=[contact.split(":", 1)[1], *state.aliases] if ":group:" not in contact else [],
+        asked_as=asked_as,
         summary=summary,
     )

@@ -13,6 +13,7 @@ from streams.policy.keys import partition_for
 
 from .conftest import inbound, text_request
 from .harness import Gate, Worker, wagate
+from .test_contacts import BSUID, PARENT, PHONE, v25
 
 HOUR = 3600.0
 
@@ -63,6 +64,18 @@ def test_both_workers_answer_for_every_contact_and_the_cli_prints_it(
     cli = wagate("window", pnid, "never", WAGATE_WEB_PORT=str(ports[1]))
     assert cli.returncode == 0, cli.stderr
     assert "none" in cli.stdout and "only templates can start the conversation" in cli.stdout
+
+    # Any identifier of a contact answers for its one window: a v25 body names phone, BSUID and parent.
+    gate.send_webhooks([v25("incoming.json", pnid, now - 60)])
+    for port in ports:
+        for identifier in (BSUID, PARENT, PHONE):
+            report = ask(port, pnid, identifier)
+            assert report is not None and report["contact"] == f"{pnid}:{PHONE}", (port, identifier, report)
+            assert report["state"] == "open" and report["identifiers"] == [PHONE, PARENT, BSUID]
+            assert report["asked_as"] == (None if identifier == PHONE else identifier)
+    cli = wagate("window", pnid, BSUID, WAGATE_WEB_PORT=str(ports[0]))
+    assert cli.returncode == 0, cli.stderr
+    assert f"{pnid}:{PHONE}: open" in cli.stdout and f"(asked as {BSUID})" in cli.stdout
 
 
 def test_a_131047_after_a_window_open_send_counts_as_a_gate_miss(gate: Gate, pnid: str) -> None:

@@ -26,7 +26,15 @@ def test_every_wire_payload_has_a_schema_naming_its_required_fields() -> None:
             "TemplateRecord",
             "WindowReport",
             "NumberRecord",
+            "ContactRecord",
         )
+    }
+    assert set(rendered["ContactRecord.schema.json"]["required"]) == {
+        "phone_number_id",
+        "identifier",
+        "contact",
+        "identifiers",
+        "updated_at",
     }
     assert set(rendered["SendRequest.schema.json"]["required"]) == {
         "request_id",

@@ -1,0 +1,184 @@
+"""One person, several identifiers: phone numbers (wa_id), business-scoped user ids and parent BSUIDs.
+
+Pure rules (docs/contract.md, "One person, several identifiers"):
+
+- An identifier's kind is read from its form: a BSUID is ``CC.<alphanumerics>`` (a parent BSUID
+  ``CC.ENT.<alphanumerics>``); anything else is a wa_id (a phone number).
+- The canonical identifier of a contact, whose key holds the window and decides the partition, is its
+  wa_id when one is known, else its BSUID, else its parent BSUID: a strict ranking, so the same set of
+  identifiers always gives the same contact whatever order they were learnt in, and an alias always
+  points to a higher-ranked identifier (no cycles).
+- Until one webhook item names two identifiers together, they are separate contacts: never guessed.
+- Under a non-canonical identifier's key the state keeps only ``alias_of``; whatever window state it
+  held before is joined into the canonical contact's (``merge_states``). Every part of the state is a
+  maximum or newest-wins value, so the join is commutative, associative and idempotent: any order of
+  the webhooks that reveal an alias gives the same contact.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from streams.models import IdentifierKind
+from streams.policy.window import EMPTY_STATE, ContactState
+
+# Meta: "a two-letter ISO country code, a period, and up to 128 alphanumeric characters"; a parent
+# BSUID has ENT between them (US.ENT.11815799212886844830), though Meta's own example payloads also
+# show parent ids without it: kinds come from the field that gave an identifier, not from its form.
+_BSUID = re.compile(r"^[A-Z]{2}\.(ENT\.)?[A-Za-z0-9]{1,128}$")
+_RANK: dict[IdentifierKind, int] = {"wa_id": 2, "user_id": 1, "parent_user_id": 0}
+# State fields that are identity, not window: never forwarded by a merge as window content.
+_IDENTITY_FIELDS = frozenset({"alias_of", "alias_at", "aliases"})
+
+
+def is_business_scoped(identifier: str) -> bool:
+    """A BSUID or parent BSUID by its form: the Cloud API takes it as ``recipient``, not ``to``."""
+    return _BSUID.match(identifier) is not None
+
+
+def is_phone(identifier: str) -> bool:
+    return _BSUID.match(identifier) is None
+
+
+Named = tuple[IdentifierKind, str]  # an identifier with the kind of field that gave it
+
+
+def canonical_identifier(identifiers: Iterable[Named]) -> str:
+    """The identifier whose contact holds the window: the wa_id, else the BSUID, else the parent BSUID
+    (ties, which Meta's payloads never give, by text so the choice is still independent of order)."""
+    return max(identifiers, key=lambda named: (_RANK[named[0]], named[1]))[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Alias:
+    """A webhook item named one user by two or more identifiers at ``at``."""
+
+    phone_number_id: str
+    canonical: str
+    others: tuple[Named, ...]  # sorted
+    at: float
+
+    @classmethod
+    def of(cls, phone_number_id: str, identifiers: Iterable[Named], at: float) -> Alias | None:
+        present = set(identifiers)
+        if len({value for _, value in present}) < 2:
+            return None
+        canonical = canonical_identifier(present)
+        others = tuple(sorted(named for named in present if named[1] != canonical))
+        return cls(phone_number_id, canonical, others, at)
+
+    @property
+    def identifiers(self) -> tuple[str, ...]:
+        return (self.canonical, *(value for _, value in self.others))
+
+
+def has_window_content(state: ContactState) -> bool:
+    """Anything besides identity: a window, a decision, a preference... (what a merge must carry)."""
+    return any(
+        getattr(state, f.name) != getattr(EMPTY_STATE, f.name)
+        for f in fields(ContactState)
+        if f.name not in _IDENTITY_FIELDS
+    )
+
+
+def learn_aliases(
+    state: ContactState, canonical: str, identifiers: Iterable[str]
+) -> tuple[ContactState, list[str]]:
+    """The canonical contact records its other identifiers; returns the new state and what was new.
+    A phone number is never an alias (it is canonical wherever it appears)."""
+    known = set(state.aliases)
+    new = sorted({i for i in identifiers if i != canonical and i not in known and not is_phone(i)})
+    if not new:
+        return state, []
+    return replace(state, aliases=tuple(sorted(known | set(new)))), new
+
+
+def point_to(
+    state: ContactState, identifier: str, canonical: str, at: float
+) -> tuple[ContactState, ContactState | None]:
+    """The state under ``identifier`` once it is known to be an alias of ``canonical``, and the window
+    state to join into the canonical contact (None when there is nothing to carry).
+
+    The newest alias wins (a user who changed number has a new BSUID; an old one never comes back). A
+    phone number never points anywhere, nor does a contact to one of its own aliases: the alias graph
+    has no cycles, so a re-keyed record always comes to rest."""
+    if canonical == identifier or is_phone(identifier) or canonical in state.aliases:
+        return state, None
+    if state.alias_of is not None and state.alias_at is not None and at <= state.alias_at:
+        return state, None
+    carried: ContactState | None = None
+    if has_window_content(state) or state.aliases:
+        carried = replace(state, alias_of=None, alias_at=None)
+    return ContactState(alias_of=canonical, alias_at=at), carried
+
+
+def _newest(a: tuple[float | None, Any], b: tuple[float | None, Any]) -> tuple[float | None, Any]:
+    if a[0] is None:
+        return b
+    if b[0] is None:
+        return a
+    return b if b[0] > a[0] else a
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+def merge_states(a: ContactState, b: ContactState) -> ContactState:
+    """The join of two states of one person: what applying both's events to one contact would give.
+    Commutative, associative and idempotent. Identity: ``a``'s ``alias_of``; aliases united."""
+    decided = dict(a.decided)
+    for request_id, at in b.decided.items():
+        decided[request_id] = max(at, decided.get(request_id, at))
+    # Marketing: the newest preference wins; at equal times a stop wins (as in apply_inbound).
+    pref_a = (a.marketing_pref_at, a.marketing_opted_out)
+    pref_b = (b.marketing_pref_at, b.marketing_opted_out)
+    if pref_a[0] is None or (pref_b[0] is not None and (pref_b[0], pref_b[1]) > (pref_a[0], pref_a[1])):
+        pref_at, opted_out = pref_b
+    else:
+        pref_at, opted_out = pref_a
+    free_started, free_until = _newest(
+        (a.free_entry_started_at, a.free_entry_until), (b.free_entry_started_at, b.free_entry_until)
+    )
+    if a.free_entry_started_at == b.free_entry_started_at:
+        free_until = _max(a.free_entry_until, b.free_entry_until)
+    reported_at, reported_until = _newest(
+        (a.free_entry_reported_at, a.free_entry_reported_until),
+        (b.free_entry_reported_at, b.free_entry_reported_until),
+    )
+    if a.free_entry_reported_at == b.free_entry_reported_at:
+        reported_until = _max(a.free_entry_reported_until, b.free_entry_reported_until)
+    return ContactState(
+        last_opener_at=_max(a.last_opener_at, b.last_opener_at),
+        closed_at=_max(a.closed_at, b.closed_at),
+        decided=decided,
+        marketing_pref_at=pref_at,
+        marketing_opted_out=bool(opted_out),
+        marketing_cooldown_until=_max(a.marketing_cooldown_until, b.marketing_cooldown_until),
+        referral_at=_max(a.referral_at, b.referral_at),
+        free_entry_started_at=free_started,
+        free_entry_until=free_until,
+        free_entry_reported_at=reported_at,
+        free_entry_reported_until=reported_until,
+        free_form_sent_at=_max(a.free_form_sent_at, b.free_form_sent_at),
+        expiring_sent_for=_max(a.expiring_sent_for, b.expiring_sent_for),
+        closed_sent_for=_max(a.closed_sent_for, b.closed_sent_for),
+        alias_of=a.alias_of,
+        alias_at=a.alias_at,
+        aliases=tuple(sorted(set(a.aliases) | set(b.aliases))),
+    )
+
+
+def carried_marketing(state: ContactState) -> tuple[float, bool] | None:
+    """What a number change carries to the user's new contact: the newest marketing preference
+    (time, opted out). The window does not carry: Meta closes it (docs/contract.md)."""
+    if state.marketing_pref_at is None:
+        return None
+    return state.marketing_pref_at, state.marketing_opted_out
