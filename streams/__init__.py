@@ -1,3 +1,3 @@
 """wagate: the WhatsApp customer-service-window gate for Kafka."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -131,6 +131,16 @@ PANELS: tuple[Panel, ...] = (
         (Query("sum by (effect) (rate(wagate_inbound_events_total[5m]))", "{{effect}}"),),
         unit="ops",
     ),
+    Panel(
+        "One person, several identifiers",
+        "Identifiers learnt to be another name of a contact (phone number, BSUID, parent BSUID), records "
+        "addressed by one of them and moved to the contact, and windows kept under a BSUID joined into it.",
+        (
+            Query("sum by (kind) (increase(wagate_aliases_learnt_total[15m]))", "learnt {{kind}}"),
+            Query("sum by (source) (increase(wagate_rekeyed_by_alias_total[15m]))", "moved {{source}}"),
+            Query("sum(increase(wagate_contacts_merged_total[15m]))", "windows joined"),
+        ),
+    ),
 )
 
 

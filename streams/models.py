@@ -94,20 +94,20 @@ class InboundEvent(_Open):
         description="system user_changed_number / user_changed_user_id: the user's new identifier (the new "
         "wa_id when Meta gives one, else the new business-scoped user id): a new contact",
     )
-    user_id: str | None = Field(
+    user_id: NonEmpty | None = Field(
         default=None,
         description="the business-scoped user id (BSUID) Meta gave beside a wa_id in 'user': the gate learns "
         "that both name one contact (written by the gate's normalizer; producers may set it too)",
     )
-    parent_user_id: str | None = Field(
+    parent_user_id: NonEmpty | None = Field(
         default=None, description="the parent BSUID Meta gave beside 'user' (managed businesses only)"
     )
-    alias_of: str | None = Field(
+    alias_of: NonEmpty | None = Field(
         default=None,
         description="kind 'alias' (written by the gate): 'user' is another identifier of the contact "
         "'<phone_number_id>:<alias_of>'",
     )
-    via: str | None = Field(
+    via: NonEmpty | None = Field(
         default=None,
         description="the identifier the event named the user by, when the gate moved it to the contact's "
         "canonical identifier in 'user'",

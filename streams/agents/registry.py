@@ -4,8 +4,9 @@ read whole.
 Templates are few and every worker needs all of them (any request may name any template), so each
 worker reads the compacted topics from the start with a plain consumer outside the group, then
 follows them. ``wa.contacts`` lets the normalizer address an event that names a user only by a BSUID
-to the contact it belongs to at once (its partition's state says so too, a hop later). Agents wait for the first full read before deciding anything: a decision made on a
-half-loaded registry would call a known template unknown.
+to the contact it belongs to at once (its partition's state says so too, a hop later). Agents wait
+for the first full read before deciding anything: a decision made on a half-loaded registry would
+call a known template unknown.
 """
 
 from __future__ import annotations

@@ -60,6 +60,9 @@ from streams.topology import Topology
 
 log = logging.getLogger(__name__)
 
+# aiokafka's record builder takes headers as a list (only read): one shared empty list for most records.
+_NO_HEADERS: list[tuple[str, bytes]] = []
+
 
 @dataclass(frozen=True, slots=True)
 class Sent:
@@ -314,12 +317,25 @@ class PipelineRunner:
             batch = producer.create_batch()
             count = 0
             for output in records:
-                if batch.append(key=output.key, value=output.value, timestamp=output.timestamp_ms) is None:
+                if (
+                    batch.append(
+                        key=output.key,
+                        value=output.value,
+                        timestamp=output.timestamp_ms,
+                        headers=list(output.headers) if output.headers else _NO_HEADERS,
+                    )
+                    is None
+                ):
                     if count:  # full: send it, start the next
                         sent.append(await self._send_batch(producer, batch, topic, partition, count))
                         batch, count = producer.create_batch(), 0
                     if (
-                        batch.append(key=output.key, value=output.value, timestamp=output.timestamp_ms)
+                        batch.append(
+                            key=output.key,
+                            value=output.value,
+                            timestamp=output.timestamp_ms,
+                            headers=list(output.headers) if output.headers else _NO_HEADERS,
+                        )
                         is None
                     ):
                         # Larger than a batch: alone, with the producer's own size check and error.
@@ -336,7 +352,12 @@ class PipelineRunner:
 
     async def _send_one(self, producer: Any, output: Output, topic: str, partition: int) -> Sent:
         fut = await producer.send(
-            topic, output.value, key=output.key, partition=partition, timestamp_ms=output.timestamp_ms
+            topic,
+            output.value,
+            key=output.key,
+            partition=partition,
+            timestamp_ms=output.timestamp_ms,
+            headers=list(output.headers) or None,
         )
         return self._watch_delivery(fut, topic, 1)
 

@@ -32,6 +32,7 @@ from streams.policy.contacts import (
     Alias,
     Named,
     carried_marketing,
+    carried_state,
     learn_aliases,
     merge_states,
     point_to,
@@ -61,6 +62,16 @@ MAX_KEY_ECHO_BYTES = 4096  # a key is echoed twice in a rejection (record key an
 ANNOUNCED_CACHE_SIZE = 100_000
 _OPEN = ("open", "closing")
 
+# How often a record may be moved from one identifier's partition to another's: aliases point only to
+# higher-ranked identifiers, so the gate's own bookkeeping needs at most two moves; more means alias
+# records that contradict each other, and the record stops instead of circling.
+MAX_ALIAS_HOPS = 3
+ALIAS_HOPS_HEADER = "wagate-alias-hops"
+ALIAS_LOOP_ERROR = (
+    f"moved {MAX_ALIAS_HOPS} times between identifiers of one user: the alias records on wa.inbound "
+    "contradict each other (kind 'alias' is the gate's own; do not write it by hand)"
+)
+
 HELD_PAST_LIMIT_NOTE = (
     " Decided after the hold limit (WAGATE_MAX_HOLD_SECONDS): inbound events written before this request"
     " may not have been applied yet."
@@ -74,6 +85,20 @@ def text_or_b64(raw: bytes | None) -> str | None:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return base64.b64encode(raw).decode("ascii")
+
+
+def _moved_again(record: InputRecord) -> tuple[tuple[str, bytes], ...] | None:
+    """The headers for one more move of ``record`` between aliases, or None past MAX_ALIAS_HOPS."""
+    hops = 0
+    for name, value in record.headers or ():
+        if name == ALIAS_HOPS_HEADER:
+            try:
+                hops = int(value)
+            except ValueError:
+                hops = MAX_ALIAS_HOPS
+    if hops >= MAX_ALIAS_HOPS:
+        return None
+    return ((ALIAS_HOPS_HEADER, str(hops + 1).encode()),)
 
 
 class Processor:
@@ -124,7 +149,8 @@ class Processor:
             state = self.load(key, record.partition)
             if parsed.group_id is None:
                 if state.alias_of is not None and not (parsed.kind == "alias" and parsed.type == "point"):
-                    self._rekey_event(record, parsed, state.alias_of, out)
+                    if not self._rekey_event(record, parsed, state.alias_of, out):
+                        self.dead_letter(record, ALIAS_LOOP_ERROR, "alias_loop", out)
                     return
                 if parsed.kind == "alias":
                     self._alias(record, parsed, key, state, out)
@@ -240,9 +266,10 @@ class Processor:
                 if claimed is not None:
                     claimed_state = self.load(claimed, record.partition)
                     if claimed_state.alias_of is not None:
-                        self._rekey_request(record, request.phone_number_id, claimed_state.alias_of, out)
-                        return
-                    if request.to in claimed_state.aliases:
+                        if self._rekey_request(record, request.phone_number_id, claimed_state.alias_of, out):
+                            return
+                        key, state = claimed, claimed_state  # moved too often: decided here, unknown
+                    elif request.to in claimed_state.aliases:
                         key, state = claimed, claimed_state
             # Hashed once: checked here, reused as the decision's partition.
             partition = partition_for(key, self.partitions)
@@ -250,8 +277,11 @@ class Processor:
                 if self._repartitioned(record, key, partition, "requests", out):
                     return
                 state = self.load(key, record.partition)
-                if individual and state.alias_of is not None:
-                    self._rekey_request(record, request.phone_number_id, state.alias_of, out)
+                if (
+                    individual
+                    and state.alias_of is not None
+                    and self._rekey_request(record, request.phone_number_id, state.alias_of, out)
+                ):
                     return
             decision, new_state = decide(request, received, state, now, self.rules, self.registry)
             if key != asked:
@@ -468,7 +498,15 @@ class Processor:
                 )
                 self.metrics.contacts_merged.inc()
         elif event.type == "merge" and event.merged_state is not None:
-            carried = ContactState.from_bytes(orjson.dumps(event.merged_state))
+            carried = carried_state(event.merged_state)
+            if carried is None:
+                self.dead_letter(
+                    record,
+                    "kind 'alias' type 'merge': merged_state is not a contact state",
+                    "invalid_inbound",
+                    out,
+                )
+                return
             now = self.clock()
             joined: list[Named] = [("user_id", alias) for alias in (event.via, *carried.aliases) if alias]
             learnt = self._learn(
@@ -520,35 +558,37 @@ class Processor:
         )
         out.append(self._inbound_output(preference, record.timestamp))
 
-    def _rekey_event(self, record: InputRecord, event: InboundEvent, target: str, out: list[Output]) -> None:
+    def _rekey_event(self, record: InputRecord, event: InboundEvent, target: str, out: list[Output]) -> bool:
+        """Move the event to ``target``'s contact; False when it was moved too often already."""
+        headers = _moved_again(record)
+        if headers is None:
+            return False
         moved = event.model_copy(update={"user": target, "via": event.via or event.user})
         key = contact_key(event.phone_number_id, target)
         value = moved.__pydantic_serializer__.to_json(moved, exclude_none=True)
-        out.append(
-            Output(
-                self.topo.inbound.name,
-                key.encode(),
-                value,
-                partition_for(key, self.partitions),
-                record.timestamp,
-            )
-        )
+        partition = partition_for(key, self.partitions)
+        out.append(Output(self.topo.inbound.name, key.encode(), value, partition, record.timestamp, headers))
         self.metrics.rekeyed.labels("inbound").inc()
+        return True
 
-    def _rekey_request(self, record: InputRecord, pnid: str, target: str, out: list[Output]) -> None:
+    def _rekey_request(self, record: InputRecord, pnid: str, target: str, out: list[Output]) -> bool:
+        """Move the request to ``target``'s contact; False when it was moved too often already (alias
+        records that contradict each other, e.g. written by hand to wa.inbound): it is then decided
+        where it is, as an unknown contact, which can cost a template but never lets free-form out."""
+        headers = _moved_again(record)
+        if headers is None:
+            self.metrics.rekeyed.labels("stopped").inc()
+            log.warning("a request moved %d times between aliases was decided where it stood", MAX_ALIAS_HOPS)
+            return False
         # The request is moved as written ('to' unchanged); its new key names the contact, which is what
         # the receiving partition checks against the contact's identifiers.
         key = contact_key(pnid, target)
+        partition = partition_for(key, self.partitions)
         out.append(
-            Output(
-                self.topo.requests.name,
-                key.encode(),
-                record.value,
-                partition_for(key, self.partitions),
-                record.timestamp,
-            )
+            Output(self.topo.requests.name, key.encode(), record.value, partition, record.timestamp, headers)
         )
         self.metrics.rekeyed.labels("requests").inc()
+        return True
 
     def _claimed_contact(self, record: InputRecord, pnid: str) -> str | None:
         """The record's key when it names a contact of this phone number on this partition."""

@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+import orjson
+
 from streams.models import IdentifierKind
 from streams.policy.window import EMPTY_STATE, ContactState
 
@@ -174,6 +176,32 @@ def merge_states(a: ContactState, b: ContactState) -> ContactState:
         alias_at=a.alias_at,
         aliases=tuple(sorted(set(a.aliases) | set(b.aliases))),
     )
+
+
+_NUMBER_FIELDS = ("o", "c", "mp", "cd", "r", "fs", "fu", "fra", "fru", "ff", "xe", "xc")
+
+
+def carried_state(data: dict[str, Any]) -> ContactState | None:
+    """A ``merge`` event's state, or None when it is not one the gate could have written (every time a
+    number, request ids mapped to times, aliases a list of texts): a bad one must not enter the store,
+    where every later event of the contact would trip on it."""
+    if not isinstance(data, dict):
+        return None
+    for name in _NUMBER_FIELDS:
+        value = data.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return None
+    decided = data.get("d") or {}
+    if not isinstance(decided, dict) or not all(
+        isinstance(at, int | float) and not isinstance(at, bool) for at in decided.values()
+    ):
+        return None
+    aliases = data.get("al") or []
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
+        return None
+    if not isinstance(data.get("mo", False), bool) or data.get("ao") is not None:
+        return None
+    return ContactState.from_bytes(orjson.dumps(data))
 
 
 def carried_marketing(state: ContactState) -> tuple[float, bool] | None:

@@ -18,6 +18,7 @@ from streams.dashboard import all_queries
 
 from .conftest import inbound, text_request
 from .harness import ROOT, Gate, free_port
+from .test_contacts import BSUID, v25
 
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 
@@ -104,6 +105,10 @@ def test_every_dashboard_query_returns_series_from_a_real_worker(
     ]
     gate.produce_many((t.requests.name, key, value) for key, value in requests)
     gate.produce(t.requests.name, f"{pnid}:new", b"not json and no request id")
+    # A v25 body names phone and BSUID together; a request by the BSUID is moved to the contact.
+    gate.produce(t.webhooks.name, None, v25("incoming.json", pnid, now - 60))
+    requests.append((f"{pnid}:{BSUID}", text_request(pnid, BSUID, f"{pnid}-by-bsuid")))
+    gate.produce(t.requests.name, *requests[-1])
     gate.decisions([r["request_id"] for _, r in requests])
     gate.wait_consumed(t.requests.name)
 

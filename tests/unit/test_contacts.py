@@ -263,12 +263,19 @@ class World:
         self.published: list[Output] = []
         self.handled = 0
 
-    def write(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+    def write(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None = None,
+        headers: tuple[tuple[str, bytes], ...] = (),
+    ) -> None:
         if partition is None:
             partition = 0 if key is None else partition_for(key, self.settings.partitions)
         offset = self.offsets.get((topic, partition), 0)
         self.offsets[(topic, partition)] = offset + 1
-        self.queue.append(Record(topic, partition, offset, 0, key, value))
+        self.queue.append(Record(topic, partition, offset, 0, key, value, headers))
 
     def run(self) -> None:
         handlers = {
@@ -284,7 +291,7 @@ class World:
             assert self.handled < 10_000, "records kept moving between partitions (an alias cycle)"
             for output in out:
                 if output.topic in handlers:
-                    self.write(output.topic, output.key, output.value, output.partition)
+                    self.write(output.topic, output.key, output.value, output.partition, output.headers)
                 else:
                     self.published.append(output)
 
@@ -513,3 +520,45 @@ def test_announcements_of_random_alias_sets_always_come_to_rest() -> None:
         )
         for _, value in ids:
             world.request(value, f"r-{combo}-{value}")
+
+
+# -- hostile alias records -------------------------------------------------------------------------
+
+
+def _alias_event(world: World, user: str, **fields: Any) -> None:
+    event = {
+        "event_id": f"x-{user}",
+        "phone_number_id": PNID,
+        "user": user,
+        "timestamp": 1.0,
+        "kind": "alias",
+    }
+    world.write(world.topo.inbound.name, f"{PNID}:{user}".encode(), orjson.dumps({**event, **fields}))
+    world.run()
+
+
+def test_contradicting_alias_records_stop_a_request_instead_of_circling() -> None:
+    """Hand-written points X -> Y and Y -> X (each side not listing the other): the request moves at
+    most MAX_ALIAS_HOPS times, then is decided where it stands, as an unknown contact."""
+    world = World()
+    _alias_event(world, "US.X", type="point", alias_of="US.Y")
+    _alias_event(world, "US.Y", type="point", alias_of="US.X")
+    decision = world.request("US.X", "r1")
+    assert decision.reason == "no_window"
+    assert world.metrics.rekeyed.labels("stopped")._value.get() == 1
+    _alias_event(world, "US.X", type="merge", merged_state={"o": T0})  # an event for X circles too
+    letters = [orjson.loads(o.value or b"") for o in world.published if o.topic == world.topo.deadletter.name]
+    assert [letter["error"].split(":")[0] for letter in letters] == [
+        "moved 3 times between identifiers of one user"
+    ]
+
+
+def test_a_merge_with_a_state_the_gate_could_not_have_written_is_dead_lettered() -> None:
+    world = World()
+    for bad in ({"o": "yesterday"}, {"d": {"r1": "x"}}, {"al": [1]}, {"mo": "yes"}, {"o": True}):
+        _alias_event(world, PHONE, type="merge", via=BSUID, merged_state=bad)
+    letters = [o for o in world.published if o.topic == world.topo.deadletter.name]
+    assert len(letters) == 5
+    assert world.contact(PHONE) == ContactState()  # nothing entered the store
+    decision = world.request(PHONE, "r1")  # and the contact still decides
+    assert decision.reason == "no_window"
