@@ -136,6 +136,15 @@ class _Context:
     waba_id: str | None
     display_phone_number: str | None
     contacts: list[dict[str, Any]]
+    # identifier -> every identifier of the contacts[] entries that name it: built once per change, so
+    # that a body with many items and many contacts costs their sum, not their product.
+    contact_ids: dict[str, set[Named]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for contact in self.contacts:
+            named = _named(contact, _CONTACT_ID_FIELDS)
+            for _, value in named:
+                self.contact_ids.setdefault(value, set()).update(named)
 
     def base(self, event_id: Any, identifiers: Iterable[Named], timestamp: Any) -> dict[str, Any] | str:
         """The event's common fields. ``identifiers``: every id the item gives the user (wa_id, BSUID,
@@ -165,11 +174,8 @@ class _Context:
 
     def with_contact_ids(self, identifiers: Iterable[Named]) -> set[Named]:
         ids = set(identifiers)
-        values = {value for _, value in ids}
-        for contact in self.contacts:
-            named = _named(contact, _CONTACT_ID_FIELDS)
-            if {value for _, value in named} & values:
-                ids |= named
+        for _, value in list(ids):
+            ids |= self.contact_ids.get(value, set())
         return ids
 
     def only_contact(self) -> str | None:

@@ -61,9 +61,20 @@ def test_every_fixture_through_kafka_and_the_malformed_one_dead_lettered(gate: G
     templates = [r.value for r in gate.read_all(gate.topo.templates.name)]
     for case in cases:
         expect = EXPECTED[case]
-        events = normalize_webhook(sent[case], time.time()).events
-        on_topic = [e for e in inbound if e["phone_number_id"] in {ev.phone_number_id for ev in events}]
+        normalized = normalize_webhook(sent[case], time.time())
+        events = normalized.events
+        pnids = {ev.phone_number_id for ev in events}
+        on_topic = [e for e in inbound if e["phone_number_id"] in pnids and e["kind"] != "alias"]
         assert [(e["kind"], e["type"]) for e in on_topic] == list(expect.events), case
+        # Items that name the user by phone number and BSUID(s) teach the gate an alias: a `learn` event
+        # for the contact and a `point` event per other identifier.
+        aliases = [
+            (e["type"], e["user"]) for e in inbound if e["phone_number_id"] in pnids and e["kind"] == "alias"
+        ]
+        expected_aliases = [("learn", a.canonical) for a in normalized.aliases] + [
+            ("point", other) for a in normalized.aliases for _, other in a.others if other != a.canonical
+        ]
+        assert sorted(aliases) == sorted(expected_aliases), case
         for i, event in enumerate(events):
             decision = probe(gate, event.phone_number_id, event.user, event.group_id, f"{run}-{case}-{i}")
             # An opener leaves its WhatsApp timestamp as the window's start (long closed by now);
