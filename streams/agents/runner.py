@@ -64,6 +64,12 @@ log = logging.getLogger(__name__)
 _NO_HEADERS: list[tuple[str, bytes]] = []
 
 
+def _append(batch: Any, output: Output) -> Any:
+    """``output`` into an aiokafka batch; None when the batch is full."""
+    headers = list(output.headers) if output.headers else _NO_HEADERS
+    return batch.append(key=output.key, value=output.value, timestamp=output.timestamp_ms, headers=headers)
+
+
 @dataclass(frozen=True, slots=True)
 class Sent:
     """One record batch handed to a producer: its topic, how many records, its delivery future."""
@@ -317,27 +323,11 @@ class PipelineRunner:
             batch = producer.create_batch()
             count = 0
             for output in records:
-                if (
-                    batch.append(
-                        key=output.key,
-                        value=output.value,
-                        timestamp=output.timestamp_ms,
-                        headers=list(output.headers) if output.headers else _NO_HEADERS,
-                    )
-                    is None
-                ):
+                if _append(batch, output) is None:
                     if count:  # full: send it, start the next
                         sent.append(await self._send_batch(producer, batch, topic, partition, count))
                         batch, count = producer.create_batch(), 0
-                    if (
-                        batch.append(
-                            key=output.key,
-                            value=output.value,
-                            timestamp=output.timestamp_ms,
-                            headers=list(output.headers) if output.headers else _NO_HEADERS,
-                        )
-                        is None
-                    ):
+                    if _append(batch, output) is None:
                         # Larger than a batch: alone, with the producer's own size check and error.
                         sent.append(await self._send_one(producer, output, topic, partition))
                         continue

@@ -34,6 +34,7 @@ from streams.topology import topology
 from tests.whatsapp_fixtures import FIXTURES
 
 from .factories import DAY, HOUR, T0
+from .test_pipeline import DictState
 
 PNID = "123456123"  # the whatsapp-api-js v25 fixtures' phone_number_id
 PHONE = "16315551181"
@@ -244,17 +245,7 @@ class World:
         self.metrics = GateMetrics()
         self.now = T0
 
-        class State:
-            def __init__(self) -> None:
-                self.data: dict[tuple[int, bytes], bytes] = {}
-
-            def get(self, partition: int, key: bytes) -> bytes | None:
-                return self.data.get((partition, key))
-
-            def put(self, partition: int, key: bytes, value: bytes) -> None:
-                self.data[(partition, key)] = value
-
-        self.state = State()
+        self.state = DictState()
         self.processor = Processor(
             self.topo, self.state, self.settings.rules, self.metrics, Registry(), clock=lambda: self.now
         )
