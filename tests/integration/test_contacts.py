@@ -64,6 +64,14 @@ def test_a_user_writes_with_phone_and_bsuid_then_a_request_by_the_bsuid_is_sent(
     assert gate.worker.metric_sum("wagate_rekeyed_by_alias_total") >= 2
     assert gate.worker.metric_sum("wagate_aliases_learnt_total") >= 2
 
+    # The user adopts a username: Meta now withholds the phone number. Their next message names only
+    # the BSUID, and a request by phone written right after it sees the window it refreshed.
+    later = int(time.time() - 5)
+    message = {"from_user_id": BSUID, "id": "wamid.later", "timestamp": str(later), "type": "text"}
+    webhook(gate, envelope(pnid, {"contacts": [{"user_id": BSUID}], "messages": [message]}))
+    refreshed = ask(gate, pnid, PHONE, f"{pnid}-3")
+    assert (refreshed["reason"], refreshed["window"]["last_inbound_at"]) == ("window_open", later)
+
 
 def test_a_window_opened_under_the_bsuid_reaches_requests_by_phone_once_both_are_seen(gate: Gate) -> None:
     """The reverse: a user with a username writes (BSUID only) and is answered by BSUID; a delivery
