@@ -492,8 +492,12 @@ class PipelineConsumer(faust_aiokafka.Consumer):
                         positions[tp] = state.position
                     stamp = state.timestamp
                     if stamp is not None:
-                        # read_committed: a fetch reaches the last stable offset, not the high watermark
-                        end = state.lso if self.read_committed else state.highwater
+                        # The high watermark, also under read_committed: a producer's commit returns before
+                        # the broker has written its transaction markers, so the last stable offset can
+                        # still exclude records whose transaction has committed (the ordering contract
+                        # would let a request pass them). A barrier at the high watermark waits until
+                        # every transaction written before it is decided and read past.
+                        end = state.highwater
                         if end is not None and end >= 0:
                             views[tp] = FetchView(stamp, end, leader_for(tp))
             return positions, views

@@ -485,8 +485,10 @@ class PipelineRunner:
             client = AIOKafkaConsumer(
                 **client_kwargs(self.settings),
                 group_id=None,
-                # exactly_once: end offsets are last stable offsets, what a read_committed fetch reaches
-                isolation_level="read_committed" if self.read_committed else "read_uncommitted",
+                # High watermarks, also under exactly_once: a transaction's commit returns before its
+                # markers are written, so last stable offsets can lag records already committed (see
+                # faust_private's fetch views). Reading up to the high watermark waits for them.
+                isolation_level="read_uncommitted",
             )
             await client.start()
             self._offsets_client = client
