@@ -144,9 +144,8 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
             if isinstance(report, str):
                 # Another identifier of a contact: the contact's canonical identifier answers (its
                 # worker may be another one), saying which identifier was asked for.
-                pnid, canonical = report.split(":", 1)
-                user = request.match_info["user"]
-                path = f"/windows/{quote(pnid, safe='')}/{quote(canonical, safe='')}"
+                pnid, user = request.match_info["phone_number_id"], request.match_info["user"]
+                path = f"/windows/{quote(pnid, safe='')}/{quote(report, safe='')}"
                 location = f"{path}?asked_as={quote(user, safe='')}"
                 return view.bytes(b"", status=307, headers={"Location": location})
             return view.bytes(report.__pydantic_serializer__.to_json(report), content_type="application/json")

@@ -51,7 +51,7 @@ from streams.faust_private import (
 from streams.kafka_security import client_kwargs
 from streams.metrics import GateMetrics
 from streams.models import WindowEvent, WindowReport
-from streams.policy.keys import contact_key, partition_for
+from streams.policy.keys import partition_for
 from streams.policy.rules import WindowRules
 from streams.policy.templates import Registry
 from streams.policy.window import ContactState, window_report
@@ -574,8 +574,9 @@ class PipelineRunner:
 
     def window(self, key: str, asked_as: str | None = None) -> WindowReport | str:
         """The contact's window now; call it on the worker that holds the contact's partition. For an
-        identifier known to be another name of a contact: that contact's key, to be asked instead."""
+        identifier known to be another name of a contact: that contact's canonical identifier, to be
+        asked instead."""
         state = self.processor.load(key, partition_for(key, self.partitions))
         if state.alias_of is not None:
-            return contact_key(key.split(":", 1)[0], state.alias_of)
+            return state.alias_of
         return window_report(key, state, self.clock(), self.rules, asked_as)

@@ -14,8 +14,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-import orjson
-
 from streams.core.records import InputRecord, Output, StateStore
 from streams.metrics import GateMetrics
 from streams.models import (
@@ -101,6 +99,16 @@ def _moved_again(record: InputRecord) -> tuple[tuple[str, bytes], ...] | None:
     return ((ALIAS_HOPS_HEADER, str(hops + 1).encode()),)
 
 
+def _other_identifiers(event: InboundEvent) -> list[Named]:
+    """The BSUIDs an event gives beside its ``user``."""
+    others: list[Named] = []
+    if event.user_id:
+        others.append(("user_id", event.user_id))
+    if event.parent_user_id:
+        others.append(("parent_user_id", event.parent_user_id))
+    return others
+
+
 class Processor:
     def __init__(
         self,
@@ -165,13 +173,14 @@ class Processor:
             if parsed.group_id is None and (parsed.user_id or parsed.parent_user_id):
                 # An event that names its user by two identifiers (written straight to wa.inbound): the
                 # contact learns the alias and tells the other identifier's partition.
-                named: list[Named] = [
-                    ("user_id", parsed.user_id or ""),
-                    ("parent_user_id", parsed.parent_user_id or ""),
-                ]
-                others = [(kind, value) for kind, value in named if value]
                 new_state = self._learn(
-                    parsed.phone_number_id, parsed.user, new_state, others, parsed.timestamp, out, point=True
+                    parsed.phone_number_id,
+                    parsed.user,
+                    new_state,
+                    _other_identifiers(parsed),
+                    parsed.timestamp,
+                    out,
+                    point=True,
                 )
             if parsed.kind == "system" and parsed.type in IDENTITY_CHANGE_TYPES and parsed.new_user:
                 self._carry_to_new_contact(record, parsed, state, out)
@@ -226,12 +235,19 @@ class Processor:
         except Exception as exc:  # bad input must never stop the worker: dead-letter it instead
             self.internal_error(record, exc, out)
 
-    def _inbound_output(self, inbound: InboundEvent, timestamp_ms: int | None) -> Output:
+    def _inbound_output(
+        self, inbound: InboundEvent, timestamp_ms: int | None, headers: tuple[tuple[str, bytes], ...] = ()
+    ) -> Output:
         key = contact_key(inbound.phone_number_id, inbound.user, inbound.group_id)
         value = inbound.__pydantic_serializer__.to_json(inbound, exclude_none=True)
         # The body's record timestamp: the event was written to Kafka when the body was.
         return Output(
-            self.topo.inbound.name, key.encode(), value, partition_for(key, self.partitions), timestamp_ms
+            self.topo.inbound.name,
+            key.encode(),
+            value,
+            partition_for(key, self.partitions),
+            timestamp_ms,
+            headers,
         )
 
     def _template_output(self, template: TemplateRecord) -> Output:
@@ -427,13 +443,14 @@ class Processor:
                 self._point(pnid, identifier, canonical, at, timestamp_ms, out)
         contact = contact_key(pnid, canonical)
         identifiers = [canonical, *new_state.aliases]
+        now = self.clock()
         for identifier in identifiers:
             record = ContactRecord(
                 phone_number_id=pnid,
                 identifier=identifier,
                 contact=contact,
                 identifiers=identifiers,
-                updated_at=self.clock(),
+                updated_at=now,
             )
             key = contact_key(pnid, identifier)
             self.registry.learn_contact(pnid, identifier, contact)  # this worker knows it at once
@@ -454,16 +471,11 @@ class Processor:
         new_state = state
         effect = InboundEffect.NONE
         if event.type == "learn":
-            named: list[Named] = [
-                ("user_id", event.user_id or ""),
-                ("parent_user_id", event.parent_user_id or ""),
-            ]
-            others = [(kind, value) for kind, value in named if value]
             new_state = self._learn(
                 event.phone_number_id,
                 event.user,
                 state,
-                others,
+                _other_identifiers(event),
                 event.timestamp,
                 out,
                 False,
@@ -473,7 +485,6 @@ class Processor:
             new_state, carried = point_to(state, event.user, event.alias_of, event.timestamp)
             if carried is not None:
                 # What was kept under this identifier joins the contact's window (policy.contacts).
-                target = contact_key(event.phone_number_id, event.alias_of)
                 merge = InboundEvent.model_validate(
                     {
                         "event_id": f"merge:{event.user}:{event.timestamp}",
@@ -483,19 +494,10 @@ class Processor:
                         "kind": "alias",
                         "type": "merge",
                         "via": event.user,
-                        "merged_state": orjson.loads(carried.to_bytes()),
+                        "merged_state": carried.to_dict(),
                     }
                 )
-                value = merge.__pydantic_serializer__.to_json(merge, exclude_none=True)
-                out.append(
-                    Output(
-                        self.topo.inbound.name,
-                        target.encode(),
-                        value,
-                        partition_for(target, self.partitions),
-                        record.timestamp,
-                    )
-                )
+                out.append(self._inbound_output(merge, record.timestamp))
                 self.metrics.contacts_merged.inc()
         elif event.type == "merge" and event.merged_state is not None:
             carried = carried_state(event.merged_state)
@@ -564,10 +566,7 @@ class Processor:
         if headers is None:
             return False
         moved = event.model_copy(update={"user": target, "via": event.via or event.user})
-        key = contact_key(event.phone_number_id, target)
-        value = moved.__pydantic_serializer__.to_json(moved, exclude_none=True)
-        partition = partition_for(key, self.partitions)
-        out.append(Output(self.topo.inbound.name, key.encode(), value, partition, record.timestamp, headers))
+        out.append(self._inbound_output(moved, record.timestamp, headers))
         self.metrics.rekeyed.labels("inbound").inc()
         return True
 

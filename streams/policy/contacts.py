@@ -22,10 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-import orjson
-
 from streams.models import IdentifierKind
-from streams.policy.window import EMPTY_STATE, ContactState
+from streams.policy.window import EMPTY_STATE, TIME_KEYS, ContactState
 
 # Meta: "a two-letter ISO country code, a period, and up to 128 alphanumeric characters"; a parent
 # BSUID has ENT between them (US.ENT.11815799212886844830), though Meta's own example payloads also
@@ -142,7 +140,7 @@ def merge_states(a: ContactState, b: ContactState) -> ContactState:
     # Marketing: the newest preference wins; at equal times a stop wins (as in apply_inbound).
     pref_a = (a.marketing_pref_at, a.marketing_opted_out)
     pref_b = (b.marketing_pref_at, b.marketing_opted_out)
-    if pref_a[0] is None or (pref_b[0] is not None and (pref_b[0], pref_b[1]) > (pref_a[0], pref_a[1])):
+    if pref_a[0] is None or (pref_b[0] is not None and pref_b > pref_a):
         pref_at, opted_out = pref_b
     else:
         pref_at, opted_out = pref_a
@@ -178,16 +176,13 @@ def merge_states(a: ContactState, b: ContactState) -> ContactState:
     )
 
 
-_NUMBER_FIELDS = ("o", "c", "mp", "cd", "r", "fs", "fu", "fra", "fru", "ff", "xe", "xc")
-
-
 def carried_state(data: dict[str, Any]) -> ContactState | None:
     """A ``merge`` event's state, or None when it is not one the gate could have written (every time a
     number, request ids mapped to times, aliases a list of texts): a bad one must not enter the store,
     where every later event of the contact would trip on it."""
     if not isinstance(data, dict):
         return None
-    for name in _NUMBER_FIELDS:
+    for name in TIME_KEYS:
         value = data.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             return None
@@ -201,7 +196,7 @@ def carried_state(data: dict[str, Any]) -> ContactState | None:
         return None
     if not isinstance(data.get("mo", False), bool) or data.get("ao") is not None:
         return None
-    return ContactState.from_bytes(orjson.dumps(data))
+    return ContactState.from_dict(data)
 
 
 def carried_marketing(state: ContactState) -> tuple[float, bool] | None:

@@ -205,10 +205,8 @@ def _named(source: dict[str, Any], fields: tuple[Named, ...]) -> set[Named]:
 
 
 def _message(ctx: _Context, msg: dict[str, Any]) -> dict[str, Any] | str:
-    identifiers = list(
-        _named(
-            msg, (("wa_id", "from"), ("user_id", "from_user_id"), ("parent_user_id", "from_parent_user_id"))
-        )
+    identifiers = _named(
+        msg, (("wa_id", "from"), ("user_id", "from_user_id"), ("parent_user_id", "from_parent_user_id"))
     )
     fields = ctx.base(msg.get("id"), identifiers, msg.get("timestamp"))
     if isinstance(fields, str):
@@ -244,7 +242,7 @@ def _status(ctx: _Context, status: dict[str, Any]) -> dict[str, Any] | str:
             ("user_id", "recipient_participant_user_id"),
             ("parent_user_id", "recipient_participant_parent_user_id"),
         )
-        identifiers = list(_named(status, names)) or list(_named(status, (("wa_id", "recipient_id"),)))
+        identifiers = _named(status, names) or _named(status, (("wa_id", "recipient_id"),))
     else:
         names = (
             ("wa_id", "recipient_id"),
@@ -252,7 +250,7 @@ def _status(ctx: _Context, status: dict[str, Any]) -> dict[str, Any] | str:
             ("parent_user_id", "recipient_parent_user_id"),
             ("parent_user_id", "parent_recipient_user_id"),
         )
-        identifiers = list(_named(status, names))
+        identifiers = _named(status, names)
     fields = ctx.base(status.get("id"), identifiers, status.get("timestamp"))
     if isinstance(fields, str):
         return fields
@@ -282,18 +280,16 @@ def _status(ctx: _Context, status: dict[str, Any]) -> dict[str, Any] | str:
 def _call(ctx: _Context, call: dict[str, Any]) -> dict[str, Any] | str:
     direction = call.get("direction")
     side, other_side = ("to", "from") if direction == "BUSINESS_INITIATED" else ("from", "to")
-    if _text(call.get(side)) is not None and _text(call.get(side)) == ctx.display_phone_number:
+    named_user = _text(call.get(side))
+    if named_user is not None and named_user == ctx.display_phone_number:
         # Some payloads put the business number on the side the direction says is the user's;
         # the single contact block names the user reliably.
         side = other_side
         only = ctx.only_contact()
         if only is not None:
             call = {**call, side: only}
-    identifiers = list(
-        _named(
-            call,
-            (("wa_id", side), ("user_id", f"{side}_user_id"), ("parent_user_id", f"{side}_parent_user_id")),
-        )
+    identifiers = _named(
+        call, (("wa_id", side), ("user_id", f"{side}_user_id"), ("parent_user_id", f"{side}_parent_user_id"))
     )
     fields = ctx.base(call.get("id"), identifiers, call.get("timestamp"))
     if isinstance(fields, str):
@@ -305,10 +301,10 @@ def _call(ctx: _Context, call: dict[str, Any]) -> dict[str, Any] | str:
 
 
 def _preference(ctx: _Context, pref: dict[str, Any]) -> dict[str, Any] | str:
-    identifiers: list[Named] = list(_named(pref, _CONTACT_ID_FIELDS))
+    identifiers = _named(pref, _CONTACT_ID_FIELDS)
     only = ctx.only_contact()
     if not identifiers and only is not None:
-        identifiers = [("user_id" if is_business_scoped(only) else "wa_id", only)]
+        identifiers = {("user_id" if is_business_scoped(only) else "wa_id", only)}
     user = _first_text(pref, "wa_id", "user_id", "parent_user_id") or only
     category = _text(pref.get("category")) or "unknown"
     value = (_text(pref.get("value")) or "unknown").lower()

@@ -69,20 +69,14 @@ class ContactState:
     aliases: tuple[str, ...] = ()
 
     def to_bytes(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form (short keys: the state is read per request)."""
         data: dict[str, Any] = {"o": self.last_opener_at, "c": self.closed_at, "d": self.decided}
-        # Optional parts only when set: most contacts never have them, and the state is read per request.
-        for key, value in (
-            ("mp", self.marketing_pref_at),
-            ("cd", self.marketing_cooldown_until),
-            ("r", self.referral_at),
-            ("fs", self.free_entry_started_at),
-            ("fu", self.free_entry_until),
-            ("fra", self.free_entry_reported_at),
-            ("fru", self.free_entry_reported_until),
-            ("ff", self.free_form_sent_at),
-            ("xe", self.expiring_sent_for),
-            ("xc", self.closed_sent_for),
-        ):
+        # Optional parts only when set: most contacts never have them.
+        for key, name in _OPTIONAL_TIMES:
+            value = getattr(self, name)
             if value is not None:
                 data[key] = value
         if self.marketing_opted_out:
@@ -92,13 +86,16 @@ class ContactState:
             data["aa"] = self.alias_at
         if self.aliases:
             data["al"] = list(self.aliases)
-        return orjson.dumps(data)
+        return data
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> ContactState:
         if not raw:
             return EMPTY_STATE
-        data: dict[str, Any] = orjson.loads(raw)
+        return cls.from_dict(orjson.loads(raw))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ContactState:
         return cls(
             last_opener_at=data.get("o"),
             closed_at=data.get("c"),
@@ -121,6 +118,22 @@ class ContactState:
 
 
 EMPTY_STATE = ContactState()
+
+# The stored form's optional times: (key, field).
+_OPTIONAL_TIMES: tuple[tuple[str, str], ...] = (
+    ("mp", "marketing_pref_at"),
+    ("cd", "marketing_cooldown_until"),
+    ("r", "referral_at"),
+    ("fs", "free_entry_started_at"),
+    ("fu", "free_entry_until"),
+    ("fra", "free_entry_reported_at"),
+    ("fru", "free_entry_reported_until"),
+    ("ff", "free_form_sent_at"),
+    ("xe", "expiring_sent_for"),
+    ("xc", "closed_sent_for"),
+)
+# Every key of the stored form whose value is a time (a number or null).
+TIME_KEYS: tuple[str, ...] = ("o", "c", *(key for key, _ in _OPTIONAL_TIMES))
 
 
 class InboundEffect(StrEnum):
