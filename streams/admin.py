@@ -49,14 +49,19 @@ async def ensure_topics(settings: Settings, topo: Topology) -> list[str]:
             if spec.copartitioned and actual.get(spec.name) != spec.partitions
         }
         if wrong:
+            found = ", ".join(f"{name} has {count}" for name, count in sorted(wrong.items()))
             raise TopologyError(
-                "topics keyed by contact must all have WAGATE_PARTITIONS="
-                f"{topo.inbound.partitions} partitions, found {wrong}: set WAGATE_PARTITIONS to match, "
-                "or use a new WAGATE_TOPIC_PREFIX"
+                "topics processed or written by partition number must all have WAGATE_PARTITIONS="
+                f"{topo.inbound.partitions} partitions ({', '.join(copartitioned_names(topo))}); "
+                f"{found}: set WAGATE_PARTITIONS to match, or use a new WAGATE_TOPIC_PREFIX"
             )
         return created
     finally:
         await admin.close()
+
+
+def copartitioned_names(topo: Topology) -> list[str]:
+    return [spec.name for spec in topo.all() if spec.copartitioned]
 
 
 def _new_topic(spec: TopicSpec, replication_factor: int, min_insync_replicas: int | None) -> NewTopic:

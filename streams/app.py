@@ -85,7 +85,7 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
     metrics = GateMetrics()
     cast(LeanMonitor, app.monitor).export_to(metrics.registry)
     registry = Registry(configured_numbers=settings.configured_numbers)
-    follower = RegistryFollower(settings, topo, registry, metrics)
+    follower = RegistryFollower(settings, topo, registry, metrics)  # dead letters go out via the runner
     if settings.clock_offset_seconds:
         base_clock, offset = clock, settings.clock_offset_seconds
 
@@ -93,6 +93,7 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
             return base_clock() + offset
 
     runner = PipelineRunner(app, settings, topo, table, settings.rules, metrics, registry, clock)
+    follower.dead_letter = runner.dead_letter_compacted
     # The pipeline's inputs go straight from the fetch to the runner (no agents, no streams); the
     # topics are subscribed here, co-partitioned with the table by Faust's assignor.
     install_pipeline(app, runner)

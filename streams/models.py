@@ -190,6 +190,18 @@ class ContactRecord(BaseModel):
     identifiers: list[str] = Field(description="every identifier of the contact, the canonical one first")
     updated_at: EpochSeconds
 
+    @model_validator(mode="after")
+    def _contact_of_this_number(self) -> ContactRecord:
+        # wa.contacts is compacted: a record the gate cannot use would otherwise be read again by every
+        # worker at every start. Refused here, it is dead-lettered once per read and counted.
+        prefix = f"{self.phone_number_id}:"
+        if not self.contact.startswith(prefix) or len(self.contact) == len(prefix):
+            raise ValueError(
+                f"contact must be '<phone_number_id>:<identifier>' with phone_number_id "
+                f"{self.phone_number_id!r} (the contact key of this number)"
+            )
+        return self
+
 
 class WindowView(BaseModel):
     state: WindowStateName

@@ -16,7 +16,9 @@ class TopicSpec:
     name: str
     partitions: int
     compacted: bool = False
-    # Keyed by contact key with the state's partition count (contract section 1).
+    # Processed or written by partition number, so its partition count must equal the state's: keyed
+    # by contact (contract section 1), or, for wa.webhooks, read by the worker (and the transactional
+    # producer <app id>-p<p>) that owns partition p of the inputs.
     copartitioned: bool = False
 
 
@@ -59,7 +61,10 @@ def topology(settings: Settings) -> Topology:
 
     return Topology(
         prefix=p,
-        webhooks=topic("wa.webhooks"),
+        # Not keyed by contact, but partition w is owned with partition w of the inputs and committed by
+        # their transactional producer <app id>-p<w>: another count would make two workers fence each
+        # other over one transactional id.
+        webhooks=topic("wa.webhooks", copartitioned=True),
         inbound=topic("wa.inbound", copartitioned=True),
         templates=topic("wa.templates", compacted=True),
         # phone_number_id -> waba_id learnt from webhooks (key: phone_number_id); read whole by every worker.

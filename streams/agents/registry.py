@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
+from streams.core.records import InputRecord
 from streams.kafka_security import client_kwargs
 from streams.metrics import GateMetrics
 from streams.models import ContactRecord, NumberRecord, TemplateRecord
@@ -28,17 +30,30 @@ from streams.topology import Topology
 log = logging.getLogger(__name__)
 
 
+# A record of a compacted topic the registry cannot use: (the record, what is wrong with it).
+DeadLetterSink = Callable[[InputRecord, str], Awaitable[None]]
+
+
 class RegistryFollower:
-    def __init__(self, settings: Settings, topo: Topology, registry: Registry, metrics: GateMetrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        topo: Topology,
+        registry: Registry,
+        metrics: GateMetrics,
+        dead_letter: DeadLetterSink | None = None,
+    ) -> None:
         self.settings = settings
         self.topo = topo
         self.registry = registry
         self.metrics = metrics
+        self.dead_letter = dead_letter
         self.loaded = asyncio.Event()
 
-    def _apply(self, topic: str, value: bytes | None) -> None:
+    def _apply(self, topic: str, value: bytes | None) -> str | None:
+        """Apply one record; what is wrong with it when it cannot be used (it is then skipped)."""
         if value is None:
-            return
+            return None
         try:
             if topic == self.topo.templates.name:
                 self.registry.apply(TemplateRecord.model_validate_json(value))
@@ -48,10 +63,29 @@ class RegistryFollower:
             else:
                 number = NumberRecord.model_validate_json(value)
                 self.registry.learn_number(number.phone_number_id, number.waba_id)
-        except ValidationError:
-            # Someone else's bad record on a shared topic must not stop the gate; it is skipped, counted.
-            self.metrics.registry_skipped.labels(topic.removeprefix(self.topo.prefix)).inc()
-            log.warning("skipped an unreadable record on %s", topic)
+        except ValidationError as exc:
+            return _validation_summary(topic.removeprefix(self.topo.prefix), exc)
+        except Exception as exc:  # a compacted topic is read again at every start: never crash on one
+            name = topic.removeprefix(self.topo.prefix)
+            return f"{name} record not applied: internal error {type(exc).__name__}"
+        return None
+
+    async def _skip(self, record: InputRecord, error: str) -> None:
+        """Someone else's bad record on a shared compacted topic: it must not stop the gate (it would at
+        every restart, on every worker). Skipped, counted, and dead-lettered with its position."""
+        self.metrics.registry_skipped.labels(record.topic.removeprefix(self.topo.prefix)).inc()
+        log.warning(
+            "skipped an unusable record on %s[%d]@%d: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            error,
+        )
+        if self.dead_letter is not None:
+            try:
+                await self.dead_letter(record, error)
+            except Exception as exc:  # the broker may be away: the count and the log line remain
+                log.warning("could not dead-letter the skipped record (%s)", type(exc).__name__)
 
     async def run(self) -> None:
         names = [self.topo.templates.name, self.topo.numbers.name, self.topo.contacts.name]
@@ -63,7 +97,10 @@ class RegistryFollower:
         )
         await consumer.start()
         try:
-            partitions = [TopicPartition(n, p) for n in names for p in range(self.settings.partitions)]
+            await consumer.topics()  # metadata: each topic's real partition count, not WAGATE_PARTITIONS
+            partitions = [
+                TopicPartition(n, p) for n in names for p in sorted(consumer.partitions_for_topic(n) or ())
+            ]
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             ends = await consumer.end_offsets(partitions)
@@ -82,7 +119,9 @@ class RegistryFollower:
                 batches = await consumer.getmany(timeout_ms=500)
                 for tp, records in batches.items():
                     for record in records:
-                        self._apply(tp.topic, record.value)
+                        error = self._apply(tp.topic, record.value)
+                        if error is not None:
+                            await self._skip(record, error)
                     if tp in pending and records[-1].offset + 1 >= ends[tp]:
                         pending.discard(tp)
                 for tp in list(pending):
@@ -90,3 +129,12 @@ class RegistryFollower:
                         pending.discard(tp)
         finally:
             await consumer.stop()
+
+
+def _validation_summary(topic: str, exc: ValidationError) -> str:
+    """Which fields are wrong and why, without their values (they may hold phone numbers)."""
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'record'}: {error['msg']}"
+        for error in exc.errors()
+    )
+    return f"{topic} record not applied: {problems}"

@@ -40,7 +40,7 @@ from streams.agents.windows import Ownership, WindowScheduler
 from streams.core.aligner import Aligner, FetchView, RoundPlan
 from streams.core.pipeline import Pipeline
 from streams.core.processor import Clock, Processor
-from streams.core.records import Output, Step
+from streams.core.records import InputRecord, Output, Step
 from streams.faust_private import (
     TRANSACTION_RETRY_BACKOFF_MS,
     PartitionedState,
@@ -207,6 +207,15 @@ class PipelineRunner:
             self._processed.pop(tp, None)
             if tp.topic == self.topo.webhooks.name:
                 self._webhook_acks.pop(tp.partition, None)
+
+    async def dead_letter_compacted(self, record: InputRecord, error: str) -> None:
+        """A record of a compacted topic the registry cannot use (wa.templates, wa.numbers, wa.contacts),
+        to wa.deadletter through Faust's producer (no partition's transaction owns these topics).
+        Every worker reads them whole at every start, so each start dead-letters it again."""
+        outputs: list[Output] = []
+        self.processor.dead_letter(record, error, "unusable_compacted_record", outputs)
+        for sent in await self._send_outputs(kafka_producer(self.app), outputs):
+            await sent.future
 
     def registry_loaded(self) -> None:
         self.pipeline.ready = True

@@ -13,6 +13,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from enum import Enum
 
 from streams.core.records import InputRecord, Output, StateStore
 from streams.metrics import GateMetrics
@@ -29,10 +30,12 @@ from streams.models import (
 from streams.policy.contacts import (
     Alias,
     Named,
+    announcements,
     carried_marketing,
     carried_state,
     learn_aliases,
     merge_states,
+    point_event,
     point_to,
 )
 from streams.policy.decide import decide, decide_invalid
@@ -99,6 +102,26 @@ def _moved_again(record: InputRecord) -> tuple[tuple[str, bytes], ...] | None:
     return ((ALIAS_HOPS_HEADER, str(hops + 1).encode()),)
 
 
+class _Placement(Enum):
+    """Where a record stands against its contact's partition."""
+
+    HOME = "home"  # on it
+    MOVED = "moved"  # re-produced to it
+    STUCK = "stuck"  # elsewhere and not movable: moved MAX_ALIAS_HOPS times already, or too large
+
+
+_TOO_LARGE_TO_MOVE_ERROR = (
+    f"larger than {MAX_ECHO_BYTES} bytes and on another partition than its contact's: records that large "
+    "are not moved between partitions (write them with the contact key and Kafka's default partitioner)"
+)
+
+
+def _too_large_to_move(record: InputRecord) -> bool:
+    """Records the gate re-produces are capped like its echoes: a moved copy larger than Kafka takes
+    would fail its transaction and the worker would replay and fail again."""
+    return len(record.value or b"") > MAX_ECHO_BYTES
+
+
 def _other_identifiers(event: InboundEvent) -> list[Named]:
     """The BSUIDs an event gives beside its ``user``."""
     others: list[Named] = []
@@ -152,13 +175,16 @@ class Processor:
                 self.dead_letter(record, parsed.detail, "invalid_inbound", out)
                 return
             key = contact_key(parsed.phone_number_id, parsed.user, parsed.group_id)
-            if self._repartitioned(record, key, partition_for(key, self.partitions), "inbound", out):
+            placed = self._repartition(record, key, partition_for(key, self.partitions), "inbound", out)
+            if placed is not _Placement.HOME:
+                if placed is _Placement.STUCK:
+                    self._dead_letter_stuck(record, out)
                 return
             state = self.load(key, record.partition)
             if parsed.group_id is None:
                 if state.alias_of is not None and not (parsed.kind == "alias" and parsed.type == "point"):
                     if not self._rekey_event(record, parsed, state.alias_of, out):
-                        self.dead_letter(record, ALIAS_LOOP_ERROR, "alias_loop", out)
+                        self._dead_letter_stuck(record, out)
                     return
                 if parsed.kind == "alias":
                     self._alias(record, parsed, key, state, out)
@@ -289,23 +315,33 @@ class Processor:
                         key, state = claimed, claimed_state
             # Hashed once: checked here, reused as the decision's partition.
             partition = partition_for(key, self.partitions)
+            stray = False  # on another partition than its contact's, and it cannot be moved there
             if state is None:
-                if self._repartitioned(record, key, partition, "requests", out):
+                placed = self._repartition(record, key, partition, "requests", out)
+                if placed is _Placement.MOVED:
                     return
-                state = self.load(key, record.partition)
-                if (
-                    individual
-                    and state.alias_of is not None
-                    and self._rekey_request(record, request.phone_number_id, state.alias_of, out)
-                ):
-                    return
+                if placed is _Placement.STUCK:
+                    if _too_large_to_move(record):
+                        self._reject_unmovable(record, request.request_id, partition, out, held_past_limit)
+                        return
+                    # Moved too often: decided here as an unknown contact (a template at worst, never
+                    # free-form), and nothing is stored on a partition that does not hold the contact.
+                    state, stray = ContactState.from_bytes(None), True
+                else:
+                    state = self.load(key, record.partition)
+                    if (
+                        individual
+                        and state.alias_of is not None
+                        and self._rekey_request(record, request.phone_number_id, state.alias_of, out)
+                    ):
+                        return
             decision, new_state = decide(request, received, state, now, self.rules, self.registry)
             if key != asked:
                 decision.contact = key
                 decision.detail += (
                     " ('to' is another identifier of this contact: decided against its window.)"
                 )
-            if new_state is not state:
+            if new_state is not state and not stray:
                 self.store(key, new_state, record.partition, out)
             self.publish(decision, key.encode(), partition, out, held_past_limit, len(record.value or b""))
             self.metrics.decision_processing.observe(time.perf_counter() - started)
@@ -383,20 +419,8 @@ class Processor:
         self._announced[seen] = None
         if len(self._announced) > ANNOUNCED_CACHE_SIZE:
             self._announced.popitem(last=False)
-        pnid = alias.phone_number_id
-        learn: dict[str, object] = {
-            "event_id": f"alias:{alias.canonical}",
-            "phone_number_id": pnid,
-            "user": alias.canonical,
-            "timestamp": alias.at,
-            "kind": "alias",
-            "type": "learn",
-        }
-        for kind, value in alias.others:
-            learn.setdefault(kind, value)
-        out.append(self._inbound_output(InboundEvent.model_validate(learn), timestamp_ms))
-        for _, other in alias.others:
-            self._point(pnid, other, alias.canonical, alias.at, timestamp_ms, out)
+        for event in announcements(alias):
+            out.append(self._inbound_output(InboundEvent.model_validate(event), timestamp_ms))
 
     def _point(
         self,
@@ -407,17 +431,7 @@ class Processor:
         timestamp_ms: int | None,
         out: list[Output],
     ) -> None:
-        point = InboundEvent.model_validate(
-            {
-                "event_id": f"alias:{identifier}",
-                "phone_number_id": pnid,
-                "user": identifier,
-                "timestamp": at,
-                "kind": "alias",
-                "type": "point",
-                "alias_of": canonical,
-            }
-        )
+        point = InboundEvent.model_validate(point_event(pnid, identifier, canonical, at))
         out.append(self._inbound_output(point, timestamp_ms))
 
     def _learn(
@@ -563,7 +577,7 @@ class Processor:
     def _rekey_event(self, record: InputRecord, event: InboundEvent, target: str, out: list[Output]) -> bool:
         """Move the event to ``target``'s contact; False when it was moved too often already."""
         headers = _moved_again(record)
-        if headers is None:
+        if headers is None or _too_large_to_move(record):
             return False
         moved = event.model_copy(update={"user": target, "via": event.via or event.user})
         out.append(self._inbound_output(moved, record.timestamp, headers))
@@ -575,9 +589,9 @@ class Processor:
         records that contradict each other, e.g. written by hand to wa.inbound): it is then decided
         where it is, as an unknown contact, which can cost a template but never lets free-form out."""
         headers = _moved_again(record)
-        if headers is None:
+        if headers is None or _too_large_to_move(record):
             self.metrics.rekeyed.labels("stopped").inc()
-            log.warning("a request moved %d times between aliases was decided where it stood", MAX_ALIAS_HOPS)
+            log.warning("a request that cannot move again between aliases was decided where it stood")
             return False
         # The request is moved as written ('to' unchanged); its new key names the contact, which is what
         # the receiving partition checks against the contact's identifiers.
@@ -601,12 +615,46 @@ class Processor:
         except UnicodeDecodeError:
             return None
 
-    def _repartitioned(
+    def _repartition(
         self, record: InputRecord, key: str, expected: int, source: str, out: list[Output]
-    ) -> bool:
-        """Re-produce a record that sits on the wrong partition for its contact; True if it did."""
+    ) -> _Placement:
+        """Re-produce a record that sits on the wrong partition for its contact. A move counts as a hop
+        (the header goes with it): a request bounced between an alias and a contact that does not list
+        it stops after MAX_ALIAS_HOPS instead of circling for ever."""
         if record.partition == expected:
-            return False
-        out.append(Output(record.topic, key.encode(), record.value, expected, record.timestamp))
+            return _Placement.HOME
+        headers = _moved_again(record)
+        if headers is None or _too_large_to_move(record):
+            self.metrics.rekeyed.labels("stopped").inc()
+            return _Placement.STUCK
+        out.append(Output(record.topic, key.encode(), record.value, expected, record.timestamp, headers))
         self.metrics.repartitioned.labels(source).inc()
-        return True
+        return _Placement.MOVED
+
+    def _dead_letter_stuck(self, record: InputRecord, out: list[Output]) -> None:
+        """An inbound event that cannot reach its contact's partition: moved too often, or too large."""
+        if _too_large_to_move(record):
+            self.dead_letter(record, _TOO_LARGE_TO_MOVE_ERROR, "too_large_to_move", out)
+        else:
+            self.dead_letter(record, ALIAS_LOOP_ERROR, "alias_loop", out)
+
+    def _reject_unmovable(
+        self,
+        record: InputRecord,
+        request_id: str,
+        partition: int,
+        out: list[Output],
+        held_past_limit: bool,
+    ) -> None:
+        invalid = InvalidPayload(
+            f"the request ({len(record.value or b'')} bytes) is on partition {record.partition}, its "
+            f"contact's partition is {partition}, and records over {MAX_ECHO_BYTES} bytes are not moved "
+            "between partitions: key requests by '<phone_number_id>:<to>' with Kafka's default "
+            "partitioner (murmur2), see docs/producers.md",
+            None,
+            request_id,
+        )
+        record_key = None if record.key is None else record.key[:MAX_KEY_ECHO_BYTES]
+        rejection = decide_invalid(invalid, text_or_b64(record_key), self.clock())
+        assert rejection is not None  # a request_id was given
+        self.publish(rejection, record_key, None, out, held_past_limit, len(record.value or b""))

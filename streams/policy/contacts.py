@@ -75,6 +75,51 @@ class Alias:
         return (self.canonical, *(value for _, value in self.others))
 
 
+def point_event(phone_number_id: str, identifier: str, canonical: str, at: float) -> dict[str, Any]:
+    """The alias event that tells ``identifier``'s partition where its contact is (an InboundEvent)."""
+    return {
+        "event_id": f"alias:{identifier}",
+        "phone_number_id": phone_number_id,
+        "user": identifier,
+        "timestamp": at,
+        "kind": "alias",
+        "type": "point",
+        "alias_of": canonical,
+    }
+
+
+def announcements(alias: Alias) -> list[dict[str, Any]]:
+    """The alias events (InboundEvents) for a webhook item that named one user by several identifiers:
+    ``learn`` events for the canonical contact, then a ``point`` for each identifier they list, to that
+    identifier's partition.
+
+    An event carries at most one identifier per kind (``user_id``, ``parent_user_id``), so an item with
+    two BSUIDs takes two learn events. What the contact lists and what points to it must agree: a point
+    without its learn would send records to a contact that does not list them, which sends them back."""
+    events: list[dict[str, Any]] = []
+    pending = list(alias.others)
+    while pending:
+        learn: dict[str, Any] = {
+            "event_id": f"alias:{alias.canonical}" + (f":{len(events)}" if events else ""),
+            "phone_number_id": alias.phone_number_id,
+            "user": alias.canonical,
+            "timestamp": alias.at,
+            "kind": "alias",
+            "type": "learn",
+        }
+        later: list[Named] = []
+        for kind, value in pending:
+            if kind in learn:
+                later.append((kind, value))
+            else:
+                learn[kind] = value
+        events.append(learn)
+        pending = later
+    for _, other in alias.others:
+        events.append(point_event(alias.phone_number_id, other, alias.canonical, alias.at))
+    return events
+
+
 def has_window_content(state: ContactState) -> bool:
     """Anything besides identity: a window, a decision, a preference... (what a merge must carry)."""
     return any(

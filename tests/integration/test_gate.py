@@ -269,3 +269,33 @@ def test_topics_with_a_different_partition_count_are_refused_with_the_fix(bootst
     refused = wagate("worker", 4)
     assert refused.returncode != 0
     assert "WAGATE_PARTITIONS=4" in refused.stderr and f"{prefix}wa.inbound" in refused.stderr
+
+
+def test_a_webhooks_topic_with_another_partition_count_is_refused_at_start(bootstrap: str) -> None:
+    """wa.webhooks is read by partition number (partition w with the inputs' partition w, committed by
+    the transactional producer <app id>-p<w>): another count made two workers fence each other."""
+    import asyncio
+    import uuid
+
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from .harness import wagate
+
+    prefix = f"webhooks{uuid.uuid4().hex[:6]}."
+
+    async def create_webhooks_topic() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(f"{prefix}wa.webhooks", 6, 1)])
+        finally:
+            await admin.close()
+
+    asyncio.run(create_webhooks_topic())
+    for command in ("topics", "worker"):
+        refused = wagate(
+            command, KAFKA_BOOTSTRAP_SERVERS=bootstrap, WAGATE_TOPIC_PREFIX=prefix, WAGATE_PARTITIONS="4"
+        )
+        assert refused.returncode != 0, refused.stdout
+        assert "WAGATE_PARTITIONS=4" in refused.stderr
+        assert f"{prefix}wa.webhooks has 6" in refused.stderr, refused.stderr

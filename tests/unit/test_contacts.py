@@ -13,7 +13,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.core.processor import Processor
+from streams.core.processor import MAX_ALIAS_HOPS, MAX_ECHO_BYTES, Processor
 from streams.core.records import Output, Record
 from streams.metrics import GateMetrics
 from streams.models import Decision
@@ -306,6 +306,9 @@ class World:
         ]
         return [d for d in decisions if d.request_id == rid][-1]  # the newest decision of this id
 
+    def partition(self, identifier: str) -> int:
+        return partition_for(f"{PNID}:{identifier}", self.settings.partitions)
+
     def contact(self, identifier: str) -> ContactState:
         key = f"{PNID}:{identifier}"
         raw = self.state.get(partition_for(key, self.settings.partitions), key.encode())
@@ -553,3 +556,74 @@ def test_a_merge_with_a_state_the_gate_could_not_have_written_is_dead_lettered()
     assert world.contact(PHONE) == ContactState()  # nothing entered the store
     decision = world.request(PHONE, "r1")  # and the contact still decides
     assert decision.reason == "no_window"
+
+
+def test_an_item_with_two_bsuids_learns_both_so_a_request_to_either_comes_to_rest() -> None:
+    """Issue 18, finding 4: a message from US.AAA whose contacts[] entry gives the phone number and
+    another BSUID, US.BBB. The learn event kept one BSUID per kind while a point went to each: US.BBB
+    pointed to a contact that did not list it, and a request to US.BBB bounced between the two
+    partitions for ever (the re-partitioned copy lost its hop count)."""
+    world = World(8)
+    contacts = [{"profile": {"name": "A"}, "wa_id": PHONE, "user_id": "US.BBB"}]
+    message = {
+        "from": PHONE,
+        "from_user_id": "US.AAA",
+        "id": "m1",
+        "timestamp": str(int(T0 - 60)),
+        "type": "text",
+    }
+    world.webhook(_body({"contacts": contacts, "messages": [message]}))
+    phone = world.contact(PHONE)
+    assert set(phone.aliases) == {"US.AAA", "US.BBB"}  # what the contact lists ...
+    assert {i: world.contact(i).alias_of for i in ("US.AAA", "US.BBB")} == {"US.AAA": PHONE, "US.BBB": PHONE}
+    for to in ("US.BBB", "US.AAA", PHONE):  # ... and what points to it agree
+        assert world.request(to, f"r-{to}").reason == "window_open"
+    assert world.metrics.rekeyed.labels("stopped")._value.get() == 0
+
+
+def test_a_request_bounced_between_an_alias_and_a_contact_that_does_not_list_it_stops() -> None:
+    """A point written by hand to a contact that does not list the identifier: the request is re-keyed
+    to the contact, which sends it back to the identifier's partition, and so on. Every move counts
+    as a hop, re-partitions included, so it is decided after MAX_ALIAS_HOPS moves, as an unknown
+    contact, and nothing is stored on a partition that does not hold it."""
+    world = World(8)
+    x = next(f"US.X{i}" for i in range(100) if world.partition(f"US.X{i}") != world.partition(PHONE))
+    _alias_event(world, x, type="point", alias_of=PHONE)
+    stored = dict(world.state.data)
+    decision = world.request(x, "r1")
+    assert decision.reason == "no_window"
+    assert world.metrics.rekeyed.labels("stopped")._value.get() == 1
+    moves = world.metrics.rekeyed.labels("requests")._value.get()
+    moves += world.metrics.repartitioned.labels("requests")._value.get()
+    assert moves == MAX_ALIAS_HOPS
+    assert world.state.data == stored  # the stray decision wrote no state
+
+
+def test_a_moved_record_over_the_echo_cap_is_not_moved_but_rejected_or_dead_lettered() -> None:
+    """A moved copy is capped like an echo: a record larger than Kafka takes would fail its transaction
+    and the worker would replay and fail again. A request gets a rejection that says how to key it;
+    an inbound event a dead letter."""
+    world = World(8)
+    x, y = (
+        PHONE,
+        next(f"1555{i}" for i in range(100) if world.partition(f"1555{i}") != world.partition(PHONE)),
+    )
+    big = {
+        "request_id": "big",
+        "phone_number_id": PNID,
+        "to": x,
+        "origin": "agent",
+        "message": {"type": "text", "text": {"body": "x" * (MAX_ECHO_BYTES + 1)}},
+    }
+    world.write(world.topo.requests.name, f"{PNID}:{y}".encode(), orjson.dumps(big), world.partition(y))
+    event = {"event_id": "e", "phone_number_id": PNID, "user": x, "timestamp": T0, "kind": "message"}
+    event |= {"type": "text", "padding": "x" * (MAX_ECHO_BYTES + 1)}
+    world.write(world.topo.inbound.name, f"{PNID}:{y}".encode(), orjson.dumps(event), world.partition(y))
+    world.run()
+    routes = {world.topo.send.name, world.topo.template.name, world.topo.rejected.name}
+    (decision,) = [Decision.model_validate_json(o.value or b"") for o in world.published if o.topic in routes]
+    assert (decision.request_id, decision.reason) == ("big", "invalid_request")
+    assert "are not moved between partitions" in decision.detail and decision.request is None
+    letters = [orjson.loads(o.value or b"") for o in world.published if o.topic == world.topo.deadletter.name]
+    assert len(letters) == 1 and letters[0]["error"].startswith(f"larger than {MAX_ECHO_BYTES} bytes")
+    assert world.metrics.repartitioned.labels("requests")._value.get() == 0
