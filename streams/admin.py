@@ -22,6 +22,16 @@ async def _describe_partitions(admin: AIOKafkaAdminClient, names: list[str]) -> 
     return {item["topic"]: len(item["partitions"]) for item in described if item.get("error_code", 0) == 0}
 
 
+async def partition_counts(settings: Settings, names: list[str]) -> dict[str, int]:
+    """Each topic's real partition count (topics other tools create may not follow WAGATE_PARTITIONS)."""
+    admin = AIOKafkaAdminClient(**client_kwargs(settings), request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        return await _wait_for_metadata(admin, names)
+    finally:
+        await admin.close()
+
+
 async def ensure_topics(settings: Settings, topo: Topology) -> list[str]:
     """Create missing topics (with the settings' replication and min ISR); return the names created.
     Raises TopologyError on a partition mismatch."""

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
+from streams.admin import partition_counts
 from streams.core.records import InputRecord
 from streams.kafka_security import client_kwargs
 from streams.metrics import GateMetrics
@@ -97,10 +98,8 @@ class RegistryFollower:
         )
         await consumer.start()
         try:
-            await consumer.topics()  # metadata: each topic's real partition count, not WAGATE_PARTITIONS
-            partitions = [
-                TopicPartition(n, p) for n in names for p in sorted(consumer.partitions_for_topic(n) or ())
-            ]
+            counts = await partition_counts(self.settings, names)  # not WAGATE_PARTITIONS: their own
+            partitions = [TopicPartition(n, p) for n in names for p in range(counts[n])]
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             ends = await consumer.end_offsets(partitions)

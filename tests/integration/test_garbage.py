@@ -88,3 +88,48 @@ def _run(gate: Gate) -> None:
         f"\nGarbage: {len(garbage_requests) + len(garbage_inbound)} bad records in a load of {VALID}: "
         f"{len(readable)} rejected as invalid_request, {len(expected)} dead-lettered, none lost"
     )
+
+
+def test_unusable_records_on_compacted_topics_are_dead_lettered_and_never_stop_a_worker(
+    bootstrap: str, workdir: Path
+) -> None:
+    """wa.contacts, wa.templates and wa.numbers are compacted and read whole at every start: one record
+    the gate cannot use (a valid ContactRecord whose contact has no ':' crashed every worker on every
+    restart) must be skipped, counted and dead-lettered, and the worker must keep deciding."""
+    gate = Gate(bootstrap, workdir)
+    t = gate.topo
+    pnid = f"pn{uuid.uuid4().hex[:8]}"
+    bad_contact = {
+        "phone_number_id": pnid,
+        "identifier": "US.1",
+        "contact": "no-colon",
+        "identifiers": ["US.1"],
+        "updated_at": time.time(),
+    }
+    bad = [
+        (t.contacts.name, f"{pnid}:US.1", bad_contact),
+        (t.templates.name, "waba:t:en", b"not json"),
+        (t.numbers.name, pnid, {"phone_number_id": pnid}),  # no waba_id
+    ]
+    positions = set()
+    for (topic, _, _), (partition, offset) in zip(bad, gate.produce_all(bad), strict=True):
+        positions.add((topic, partition, offset))
+    try:
+        for _restart in range(2):  # read at start, and again at every restart
+            start_and_wait(gate)
+            assert gate.worker.alive(), gate.worker.log_tail()
+            assert gate.worker.metric_sum("wagate_registry_skipped_records_total") == len(bad)
+            gate.worker.stop()
+            assert "Crashed" not in gate.worker.log_path.read_text(errors="replace")
+            gate.worker = gate.new_worker()
+
+        def lettered(letters: list[Any]) -> set[tuple[str, int, int]]:
+            return {(r.value["topic"], r.value["partition"], r.value["offset"]) for r in letters if r.value}
+
+        letters = gate.dead_letters(lambda records: positions <= lettered(records), timeout=60)
+        assert positions <= lettered(letters)
+        errors = {r.value["topic"]: r.value["error"] for r in letters if r.value}
+        assert "contact must be '<phone_number_id>:<identifier>'" in errors[t.contacts.name]
+        assert "waba_id" in errors[t.numbers.name]
+    finally:
+        gate.worker.stop()
