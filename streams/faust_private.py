@@ -32,6 +32,7 @@ batch lost records in the past (see the README's Performance section).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -228,6 +229,20 @@ def tune_transactions() -> None:
         sender.BACKOFF_OVERRIDE = _TXN_FIRST_ADD_BACKOFF_SECONDS
 
 
+def request_rejoin(app: faust.App) -> bool:
+    """Ask the group coordinator for a rebalance (revoke everything, rejoin), from the app's loop: the
+    aiokafka consumer lives on Faust's consumer thread, with its own event loop. False when there is
+    no consumer to ask (not started, or aiokafka moved its internals): a member that lost its
+    partitions still rejoins on its own at its next heartbeat."""
+    try:
+        thread: Any = app.consumer._thread  # type: ignore[attr-defined]
+        coordinator = thread._consumer._coordinator
+        thread.thread_loop.call_soon_threadsafe(coordinator.request_rejoin)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
 def kafka_producer(app: faust.App) -> Any:
     """The aiokafka producer Faust owns (and flushes before every commit)."""
     return app.producer._ensure_producer()  # type: ignore[attr-defined]
@@ -302,7 +317,7 @@ class PipelineConsumer(faust_aiokafka.Consumer):
         self._positions_warned = False
         # Recovery: the offset of the last changelog record fetched per partition since its last seek.
         self._last_changelog_record: dict[TP, int] = {}
-        self._assigning: asyncio.Future[None] | None = None  # the sink's on_assigned, started early
+        self._fencing: asyncio.Future[None] | None = None  # the sink's on_assigned for the last assignment
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -314,11 +329,9 @@ class PipelineConsumer(faust_aiokafka.Consumer):
             self._seeks += 1
             self._last_changelog_record.clear()
             if self.sink is not None:
-                # exactly_once: the partitions' transactional producers start (fencing the previous
-                # owner's, resolving its open transaction) before the committed offsets are read.
-                assigning, self._assigning = self._assigning, None
-                if assigning is not None:
-                    await assigning
+                # exactly_once: every assigned partition has its producer (started, so the previous
+                # owner fenced, by on_partitions_assigned) before the committed offsets are read.
+                await self._fenced()
                 await self.sink.on_assigned(self._sink_partitions(self.assignment()))
             committed = await super().seek_to_committed()
             await self._report_positions(dict(committed))
@@ -358,19 +371,39 @@ class PipelineConsumer(faust_aiokafka.Consumer):
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         if self.sink is not None:
-            # Started now, awaited before the committed offsets are read: it runs beside the table's
-            # recovery instead of after it (fencing a dead owner's producer can take seconds).
-            self._assigning = asyncio.ensure_future(self.sink.on_assigned(self._sink_partitions(assigned)))
+            # Fence first, then recover: the partitions' transactional producers start (fencing the
+            # previous owner's, which resolves its open transaction) before Faust's recovery reads the
+            # changelog's end (``highwaters``, below) and before the committed offsets are read. The
+            # other way round, a transaction the previous owner committed in between would be in the
+            # committed offsets but never in this worker's state (its changelog writes lie past the
+            # end recovery read). Started here, not awaited: no heartbeat goes out while this runs.
+            self._fencing = asyncio.ensure_future(self.sink.on_assigned(self._sink_partitions(assigned)))
         await super().on_partitions_assigned(assigned, generation_id)
+
+    async def _fenced(self) -> None:
+        """Wait for the fencing the last assignment started (its failure stops the worker)."""
+        fencing = self._fencing
+        if fencing is not None:
+            await asyncio.shield(fencing)
+
+    async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
+        # Faust's recovery reads the changelog's end here: only once the previous owners are fenced.
+        await self._fenced()
+        return await super().highwaters(*partitions)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         if self.sink is not None:
-            # exactly_once: what was submitted for them is committed before another worker reads
-            # their committed offsets.
+            with contextlib.suppress(Exception):  # a failed fencing already crashed the worker
+                await self._fenced()  # its lanes are in place before they are closed
+            # Stop taking work first: a fetch made before this point is stale from now on (its records
+            # are read again from the committed offsets), and the sink drops what it held of them.
+            self._seeks += 1
+            ours = {tp for tp in revoked if tp.topic in self.sink.topics}
+            self.sink.on_positions(dict.fromkeys(ours))
+            # exactly_once: what was submitted for them is committed, and their producers stopped,
+            # before another worker (or this one, after the rebalance) reads their committed offsets.
             await self.sink.on_revoking(self._sink_partitions(revoked))
         await super().on_partitions_revoked(revoked)
-        if self.sink is not None:
-            self.sink.on_positions({tp: None for tp in revoked if tp.topic in self.sink.topics})
 
     # -- commits: the pipeline's processed offsets next to Faust's acks -------------------------------
 

@@ -76,9 +76,15 @@ class GateMetrics:
             ["item"],
             registry=self.registry,
         )
+        self.partitions_lost = Counter(
+            "wagate_partitions_lost",
+            "Partitions dropped because their transactional producer was fenced (the worker was frozen "
+            "past the session timeout, or a transaction outlived its timeout); the worker rejoins the group",
+            registry=self.registry,
+        )
         self.registry_skipped = Counter(
             "wagate_registry_skipped_records",
-            "Unreadable records on wa.templates / wa.numbers that the registry skipped",
+            "Unusable records on wa.templates / wa.numbers / wa.contacts, skipped and dead-lettered",
             ["topic"],
             registry=self.registry,
         )

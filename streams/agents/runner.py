@@ -46,6 +46,7 @@ from streams.faust_private import (
     PartitionedState,
     kafka_producer,
     recovery_done,
+    request_rejoin,
     wait_until_drained,
 )
 from streams.kafka_security import client_kwargs
@@ -139,6 +140,7 @@ class PipelineRunner:
         self._partition_counts: dict[str, int] = {}
         self._changelog = topo.contact_state_changelog.name
         self._source_topics = {source: topic for topic, source in self.pipeline.sources.items()}
+        self._lost: set[int] = set()  # partitions whose lane was fenced, until the group reassigns
         self.transactions: PartitionTransactions | None = None
         if self.exactly_once:
             self.transactions = PartitionTransactions(
@@ -148,6 +150,7 @@ class PipelineRunner:
                 self._send_outputs,
                 self._crash,
                 self._transaction_committed,
+                self._partition_lost,
             )
         metrics.open_windows.set_function(lambda: self.windows.open_windows)
         metrics.requests_held.set_function(lambda: self.aligner.held)
@@ -158,10 +161,11 @@ class PipelineRunner:
         if not self.pipeline.ready:
             return self._all_ours
         paused = self.aligner.paused()
+        lost = {(topic, p) for topic in self.topics for p in self._lost}  # nothing could commit them
         if not paused:
-            return set()
+            return lost
         requests = self.topo.requests.name
-        return {(requests, p) for p in paused}
+        return {(requests, p) for p in paused} | lost
 
     async def on_fetched(
         self,
@@ -190,16 +194,32 @@ class PipelineRunner:
         return self.exactly_once
 
     async def on_assigned(self, partitions: set[int]) -> None:
-        """The group assigned ``partitions``; called before their committed offsets are read."""
+        """The group assigned ``partitions``: fence their previous owners (before recovery reads the
+        changelog and before their committed offsets are read)."""
+        self._lost -= partitions
         if self.transactions is not None:
             await self.transactions.prepare(partitions)
 
     async def on_revoking(self, partitions: set[int]) -> None:
-        """``partitions`` are being revoked: what was submitted for them is committed first."""
+        """``partitions`` are being revoked (the consumer has already dropped what the pipeline held of
+        them): what was submitted for them is committed, then their producers stop. Kept partitions
+        too: their committed offsets are read again after the rebalance, and their lanes start anew."""
         if self.transactions is not None:
-            await self.transactions.flush(partitions)
+            await self.transactions.close(partitions)
             for partition in partitions:
                 self.state.forget(partition)  # nothing is pending once all is committed
+
+    def _partition_lost(self, partition: int, exc: BaseException) -> None:
+        """A lane was fenced: the partition moved while this worker was not looking (frozen past the
+        session timeout, or a transaction past its timeout). Its uncommitted work is gone with the
+        lane; what the pipeline holds of it is dropped, and the worker rejoins the group, which
+        revokes and reassigns (the next owner, maybe this worker, recovers and re-reads it)."""
+        self.metrics.partitions_lost.inc()
+        self.state.forget(partition)
+        self.on_positions({TP(topic, partition): None for topic in self.topics})
+        self._lost.add(partition)
+        if not request_rejoin(self.app):
+            log.warning("could not ask the group for a rebalance: partition %d waits for one", partition)
 
     def on_positions(self, positions: Mapping[TP, int | None]) -> None:
         for tp, position in positions.items():

@@ -15,6 +15,16 @@ match the outputs that are visible.
 
 A lane runs one transaction at a time; what the pipeline submits meanwhile goes into the next one
 (so throughput does not depend on the transaction round trips, only latency does).
+
+A lane lives exactly as long as the worker owns its partition, and its life is ordered (the consumer
+calls these, ``streams.faust_private``): ``prepare`` fences the previous owner before the table's
+recovery reads the changelog; work is submitted only while the lane exists; ``close`` at revocation
+commits what was submitted and stops the producer, for every revoked partition (kept ones included:
+a kept partition's offsets are re-read after the rebalance, so what it submitted must be committed
+first, and its next owner, this worker again, fences with a fresh producer). A lane whose producer is
+fenced (a zombie: this worker was frozen past the session timeout and its partition moved) or whose
+transaction the broker timed out is *lost*: it is dropped with what it held, ``on_lost`` tells the
+runner (which rejoins the group), and the worker keeps serving its other partitions.
 """
 
 from __future__ import annotations
@@ -27,6 +37,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    InvalidTxnState,
+    ProducerFenced,
+    TransactionCoordinatorFenced,
+    UnknownProducerId,
+)
 
 from streams.core.records import Output
 from streams.faust_private import tune_transactions
@@ -38,6 +56,19 @@ SendOutputs = Callable[[Any, list[Output]], Awaitable[list[Any]]]
 # seconds from its begin to its commit)
 OnCommitted = Callable[[list[Output], list[Any], dict[TopicPartition, int], float], None]
 ProducerFactory = Callable[[str], AIOKafkaProducer]
+
+# What a transactional producer gets once another producer took its transactional id over, or once the
+# broker aborted its transaction for taking longer than transaction.timeout.ms: the partition has
+# moved on without this lane. Not a reason to stop the worker (Kafka Streams: TaskMigratedException).
+FENCED_ERRORS: tuple[type[BaseException], ...] = (
+    ProducerFenced,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    InvalidTxnState,
+    TransactionCoordinatorFenced,
+    UnknownProducerId,
+)
+_STOP_TIMEOUT_SECONDS = 10.0  # a fenced producer's stop may wait for a sender that died
 
 # A lane whose pending outputs pass this makes the pipeline wait (the fetch loop slows down to the
 # pace of the transactions instead of piling outputs up in memory).
@@ -68,6 +99,7 @@ class PartitionTransactions:
         send_outputs: SendOutputs,
         on_failure: Callable[[BaseException], None],
         on_commit: OnCommitted | None = None,
+        on_lost: Callable[[int, BaseException], None] | None = None,
     ) -> None:
         self.prefix = transactional_id_prefix
         self.group_id = group_id
@@ -75,7 +107,9 @@ class PartitionTransactions:
         self.send_outputs = send_outputs
         self.on_failure = on_failure
         self.on_commit = on_commit  # the committed outputs: their state writes are now durable
+        self.on_lost = on_lost  # (partition, error): a fenced lane was dropped
         self.lanes: dict[int, _Lane] = {}
+        self.discarded = 0  # submissions for partitions without a lane (revoked or lost): redone by the owner
         self.failed: BaseException | None = None
         self._preparing = asyncio.Lock()
         tune_transactions()
@@ -123,8 +157,11 @@ class PartitionTransactions:
             raise RuntimeError("a transaction failed; the worker is stopping") from self.failed
         lane = self.lanes.get(partition)
         if lane is None:
-            # The pipeline only has records of assigned partitions, and every one has a lane.
-            raise RuntimeError(f"no transactional producer for partition {partition} (not assigned)")
+            # Revoked or lost since the work was made (a round or a timer that began before): nothing
+            # of it is committed, so whoever owns the partition now reads its inputs again.
+            self.discarded += 1
+            log.debug("work for partition %d discarded: not owned (revoked or fenced)", partition)
+            return
         lane.outputs.extend(outputs)
         for tp, offset in offsets.items():
             lane.offsets[tp] = max(offset, lane.offsets.get(tp, -1))
@@ -141,11 +178,12 @@ class PartitionTransactions:
                 await lane.progress.wait()
 
     async def flush(self, partitions: Iterable[int] | None = None) -> None:
-        """Wait until everything submitted for ``partitions`` (all: None) is committed."""
+        """Wait until everything submitted for ``partitions`` (all: None) is committed, or its lane is
+        lost (fenced: then nothing of it is committed, and the partition's next owner redoes it)."""
         for partition in list(self.lanes) if partitions is None else partitions:
-            lane = self.lanes.get(partition)
-            while lane is not None and self.failed is None:
-                task = lane.task
+            while self.failed is None:
+                lane = self.lanes.get(partition)
+                task = lane.task if lane is not None else None
                 if task is None or task.done():  # a submit after the task ended starts a new one
                     break
                 await asyncio.shield(task)
@@ -153,15 +191,22 @@ class PartitionTransactions:
             raise RuntimeError("a transaction failed") from self.failed
 
     async def close(self, partitions: Iterable[int] | None = None) -> None:
-        """Flush, then stop the producers of ``partitions`` (all: None)."""
+        """Take the lanes of ``partitions`` (all: None) out of service, commit what they hold, then
+        stop their producers. A lane is gone from ``lanes`` before the first await: nothing submitted
+        after ``close`` began reaches it (it is discarded, see ``submit``)."""
+        closing = []
         for partition in list(self.lanes) if partitions is None else list(partitions):
-            lane = self.lanes.get(partition)
-            if lane is None:
-                continue
-            try:
-                await self.flush([partition])
-            finally:
-                self.lanes.pop(partition, None)
+            lane = self.lanes.pop(partition, None)
+            if lane is not None:
+                closing.append(lane)
+        try:
+            for lane in closing:
+                while lane.task is not None and not lane.task.done() and self.failed is None:
+                    await asyncio.shield(lane.task)
+            if self.failed is not None:
+                raise RuntimeError("a transaction failed") from self.failed
+        finally:
+            for lane in closing:
                 await _stop_quietly(lane.producer)
 
     async def _run(self, lane: _Lane) -> None:
@@ -181,7 +226,23 @@ class PartitionTransactions:
                 for callback in callbacks:
                     callback()
                 lane.progress.set()
-        except Exception as exc:  # fenced (a zombie), broker gone past retries, a failed batch
+        except FENCED_ERRORS as exc:
+            # The partition has moved (or its transaction timed out): nothing of the open transaction
+            # becomes visible, the new owner starts from the last commit. Only this lane is dropped.
+            lane.outputs, lane.offsets, lane.on_committed = [], {}, []
+            lane.progress.set()
+            if self.lanes.get(lane.partition) is lane:
+                del self.lanes[lane.partition]
+            log.warning(
+                "partition %d lost: its transactional producer was fenced (%s); dropping it and "
+                "rejoining the group",
+                lane.partition,
+                type(exc).__name__,
+            )
+            asyncio.get_running_loop().create_task(_stop_quietly(lane.producer))
+            if self.on_lost is not None:
+                self.on_lost(lane.partition, exc)
+        except Exception as exc:  # broker gone past retries, a failed batch
             # Nothing of the open transaction becomes visible; the worker stops, and whoever takes
             # the partition over (this worker restarted, or another) starts from the last commit.
             self.failed = exc
@@ -198,6 +259,6 @@ class PartitionTransactions:
 
 async def _stop_quietly(producer: AIOKafkaProducer) -> None:
     try:
-        await producer.stop()
+        await asyncio.wait_for(producer.stop(), _STOP_TIMEOUT_SECONDS)
     except Exception as exc:  # a fenced or broken producer may fail to stop cleanly: it is gone anyway
         log.warning("stopping a transactional producer: %s", type(exc).__name__)
