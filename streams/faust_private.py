@@ -525,12 +525,11 @@ class PipelineConsumer(faust_aiokafka.Consumer):
                         positions[tp] = state.position
                     stamp = state.timestamp
                     if stamp is not None:
-                        # The high watermark, also under read_committed: a producer's commit returns before
-                        # the broker has written its transaction markers, so the last stable offset can
-                        # still exclude records whose transaction has committed (the ordering contract
-                        # would let a request pass them). A barrier at the high watermark waits until
-                        # every transaction written before it is decided and read past.
-                        end = state.highwater
+                        # Read_committed: the last stable offset. A transaction still open has not been
+                        # written yet (no reader can see past it), so no request waits for one that may
+                        # never commit; the gate's own committed transactions, whose markers may lag
+                        # their commit, are waited for by the aligner (``own_committed``).
+                        end = state.lso if self.read_committed else state.highwater
                         if end is not None and end >= 0:
                             views[tp] = FetchView(stamp, end, leader_for(tp))
             return positions, views

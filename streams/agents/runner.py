@@ -37,7 +37,7 @@ from faust.types import TP
 
 from streams.agents.transactions import PartitionTransactions
 from streams.agents.windows import Ownership, WindowScheduler
-from streams.core.aligner import Aligner, FetchView, RoundPlan
+from streams.core.aligner import Aligner, FetchView, RoundPlan, format_inbound_ends, parse_inbound_ends
 from streams.core.pipeline import Pipeline
 from streams.core.processor import Clock, Processor
 from streams.core.records import InputRecord, Output, Step
@@ -151,6 +151,7 @@ class PipelineRunner:
                 self._crash,
                 self._transaction_committed,
                 self._partition_lost,
+                self._inbound_written,
             )
         metrics.open_windows.set_function(lambda: self.windows.open_windows)
         metrics.requests_held.set_function(lambda: self.aligner.held)
@@ -289,6 +290,8 @@ class PipelineRunner:
             self.app.monitor.on_tp_commit(
                 {TP(tp.topic, tp.partition): offset for tp, offset in offsets.items()}
             )
+        for partition, next_offset in _inbound_ends(sent, self.topo.inbound.name).items():
+            self.aligner.own_committed(partition, next_offset)  # before the webhook progress below
         writes: dict[int, list[tuple[bytes, bytes]]] = {}
         for output in outputs:
             if output.topic == self._changelog and output.key is not None and output.value is not None:
@@ -298,6 +301,18 @@ class PipelineRunner:
         for item in sent:
             if item.topic == self._changelog and item.count:
                 self._on_changelog_delivered(item.future, item.count)
+
+    async def _inbound_written(self, sent: list[Sent]) -> str:
+        """The offset commit's metadata for a transaction about to commit: where its wa.inbound records
+        end, per partition. Another worker's ordering round reads it beside this worker's wa.webhooks
+        progress: the markers of a committed transaction may lag its commit, and requests written after
+        the bodies it normalized must wait for those events all the same."""
+        inbound = self.topo.inbound.name
+        pending = [item.future for item in sent if item.topic == inbound]
+        if not pending:
+            return ""
+        await asyncio.gather(*pending)  # acknowledged already or soon: the commit would wait for them too
+        return format_inbound_ends(_inbound_ends(sent, inbound))
 
     def _webhooks_committed(self, partition: int, next_offset: int) -> None:
         self.aligner.webhooks_on_broker(partition, next_offset, int(1000 * time.time()))
@@ -483,29 +498,34 @@ class PipelineRunner:
 
     async def _round(self, plan: RoundPlan) -> None:
         try:
-            remote, webhook_ends, inbound_ends = await self._read_round(plan)
+            remote, webhook_ends, inbound_ends, remote_own = await self._read_round(plan)
         except Exception as exc:  # the broker may be away for a while: held requests wait, bounded
             log.warning("ordering round failed (%s); held requests wait and retry", type(exc).__name__)
             self.aligner.abandon_round(plan)
             await asyncio.sleep(_ROUND_RETRY_SECONDS)
             return
         await self._emit(
-            self.pipeline.complete_round(plan, remote, webhook_ends, inbound_ends, time.monotonic())
+            self.pipeline.complete_round(
+                plan, remote, webhook_ends, inbound_ends, time.monotonic(), remote_own
+            )
         )
         if self.pipeline.backlogged:
             self._wake.set()
 
-    async def _read_round(self, plan: RoundPlan) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+    async def _read_round(
+        self, plan: RoundPlan
+    ) -> tuple[dict[int, int], dict[int, int], dict[int, int], dict[int, int]]:
         remote: dict[int, int] = {}
+        remote_own: dict[int, int] = {}
         if plan.remote_webhooks:  # read before the end offsets: what it shows is on the broker by then
-            remote = await self._group_committed(self.topo.webhooks.name, plan.remote_webhooks)
+            remote, remote_own = await self._group_committed(self.topo.webhooks.name, plan.remote_webhooks)
         webhooks, inbound = self.topo.webhooks.name, self.topo.inbound.name
         tps = [TopicPartition(webhooks, w) for w in plan.webhooks]
         tps += [TopicPartition(inbound, p) for p in plan.inbound]
         ends = await (await self._offsets()).end_offsets(tps)
         webhook_ends = {tp.partition: offset for tp, offset in ends.items() if tp.topic == webhooks}
         inbound_ends = {tp.partition: offset for tp, offset in ends.items() if tp.topic == inbound}
-        return remote, webhook_ends, inbound_ends
+        return remote, webhook_ends, inbound_ends, remote_own
 
     async def _offsets(self) -> AIOKafkaConsumer:
         """A client of the rounds' own, on this event loop: Faust's consumer lives on another thread,
@@ -514,16 +534,21 @@ class PipelineRunner:
             client = AIOKafkaConsumer(
                 **client_kwargs(self.settings),
                 group_id=None,
-                # High watermarks, also under exactly_once: a transaction's commit returns before its
-                # markers are written, so last stable offsets can lag records already committed (see
-                # faust_private's fetch views). Reading up to the high watermark waits for them.
-                isolation_level="read_uncommitted",
+                # Under exactly_once the last stable offsets: a transaction still open has not been
+                # written yet (nothing waits for one that may never commit). The gate's own committed
+                # transactions, whose markers may lag their commit, come in through own_committed and
+                # the offset commits' metadata (_inbound_written).
+                isolation_level="read_committed" if self.exactly_once else "read_uncommitted",
             )
             await client.start()
             self._offsets_client = client
         return self._offsets_client
 
-    async def _group_committed(self, topic: str, partitions: list[int]) -> dict[int, int]:
+    async def _group_committed(
+        self, topic: str, partitions: list[int]
+    ) -> tuple[dict[int, int], dict[int, int]]:
+        """The group's committed offsets of ``partitions``, and where the wa.inbound records of the
+        transactions that committed them end (their metadata)."""
         if self._admin is None:
             admin = AIOKafkaAdminClient(**client_kwargs(self.settings))
             await admin.start()
@@ -531,7 +556,11 @@ class PipelineRunner:
         offsets = await self._admin.list_consumer_group_offsets(
             self.settings.faust_app_id, partitions=[TopicPartition(topic, p) for p in partitions]
         )
-        return {tp.partition: max(0, meta.offset) for tp, meta in offsets.items()}
+        own: dict[int, int] = {}
+        for meta in offsets.values():
+            for partition, next_offset in parse_inbound_ends(meta.metadata or "").items():
+                own[partition] = max(next_offset, own.get(partition, 0))
+        return {tp.partition: max(0, meta.offset) for tp, meta in offsets.items()}, own
 
     async def stop(self) -> None:
         if self.transactions is not None:
@@ -609,3 +638,16 @@ class PipelineRunner:
         if state.alias_of is not None:
             return state.alias_of
         return window_report(key, state, self.clock(), self.rules, asked_as)
+
+
+def _inbound_ends(sent: list[Sent], inbound: str) -> dict[int, int]:
+    """Per wa.inbound partition, the offset past the acknowledged record batches of ``sent``."""
+    ends: dict[int, int] = {}
+    for item in sent:
+        if item.topic != inbound or not item.future.done() or item.future.exception() is not None:
+            continue
+        meta = item.future.result()
+        end = meta.offset + item.count
+        if end > ends.get(meta.partition, 0):
+            ends[meta.partition] = end
+    return ends

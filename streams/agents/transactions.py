@@ -45,6 +45,7 @@ from aiokafka.errors import (
     TransactionCoordinatorFenced,
     UnknownProducerId,
 )
+from aiokafka.structs import OffsetAndMetadata
 
 from streams.core.records import Output
 from streams.faust_private import tune_transactions
@@ -100,6 +101,7 @@ class PartitionTransactions:
         on_failure: Callable[[BaseException], None],
         on_commit: OnCommitted | None = None,
         on_lost: Callable[[int, BaseException], None] | None = None,
+        offsets_metadata: Callable[[list[Any]], Awaitable[str]] | None = None,
     ) -> None:
         self.prefix = transactional_id_prefix
         self.group_id = group_id
@@ -108,6 +110,8 @@ class PartitionTransactions:
         self.on_failure = on_failure
         self.on_commit = on_commit  # the committed outputs: their state writes are now durable
         self.on_lost = on_lost  # (partition, error): a fenced lane was dropped
+        # What a transaction's offset commit says of its outputs (from what send_outputs returned).
+        self.offsets_metadata = offsets_metadata
         self.lanes: dict[int, _Lane] = {}
         self.discarded = 0  # submissions for partitions without a lane (revoked or lost): redone by the owner
         self.failed: BaseException | None = None
@@ -219,7 +223,9 @@ class PartitionTransactions:
                 await producer.begin_transaction()
                 sent = await self.send_outputs(producer, outputs)
                 if offsets:
-                    await producer.send_offsets_to_transaction(offsets, self.group_id)
+                    metadata = await self.offsets_metadata(sent) if self.offsets_metadata else ""
+                    committed = {tp: OffsetAndMetadata(offset, metadata) for tp, offset in offsets.items()}
+                    await producer.send_offsets_to_transaction(committed, self.group_id)
                 await producer.commit_transaction()
                 if self.on_commit is not None:
                     self.on_commit(outputs, sent, offsets, time.monotonic() - began)

@@ -42,7 +42,9 @@ class FetchView:
     """What the consumer knew of one partition right after a fetch."""
 
     stamp: int  # wall-clock ms at which the newest fetch response covering it was processed
-    highwater: int | None  # that response's high watermark
+    # That response's end as the gate reads: the last stable offset under exactly_once (read_committed:
+    # a transaction still open has not been written yet, so nothing waits for it), else the high watermark.
+    end: int | None
     leader: int | None  # the broker it is fetched from
 
 
@@ -101,6 +103,8 @@ class Aligner:
         self._arrivals: list[Held] = []
         self._waiting: list[Cohort] = []
         self._paused: set[int] = set()
+        # wa.inbound partition -> the offset past this worker's records there in committed transactions.
+        self._own: dict[int, int] = {}
 
     @property
     def enabled(self) -> bool:
@@ -129,6 +133,13 @@ class Aligner:
             self._local[partition] = next_offset
             self._local_at[partition] = at_ms
 
+    def own_committed(self, partition: int, next_offset: int) -> None:
+        """A transaction of this worker that wrote wa.inbound ``partition`` below ``next_offset`` has
+        committed. Its commit markers may still be on their way, so the last stable offset may not show
+        it yet: barriers are never set below it (the gate's own committed events are waited for)."""
+        if next_offset > self._own.get(partition, 0):
+            self._own[partition] = next_offset
+
     def resolve_from_fetches(
         self, inbound: Mapping[int, FetchView], webhooks: Mapping[int, FetchView]
     ) -> None:
@@ -149,7 +160,7 @@ class Aligner:
             return
         for w in range(self.partitions):
             view = webhooks.get(w)
-            if view is None or view.highwater is None or view.highwater > self._local[w]:
+            if view is None or view.end is None or view.end > self._local[w]:
                 return
         remaining = []
         for held in self._arrivals:
@@ -169,12 +180,12 @@ class Aligner:
         if arrived is None or arrived.leader is None:
             return None
         view = inbound.get(held.record.partition)
-        if view is None or view.highwater is None or not _later(view, arrived):
+        if view is None or view.end is None or not _later(view, arrived):
             return None
         for w in range(self.partitions):
             if not _later(webhooks[w], arrived) or self._local_at.get(w, 0) >= arrived.stamp:
                 return None
-        return view.highwater
+        return max(view.end, self._own.get(held.record.partition, 0))
 
     def reset_inbound(self, partition: int, position: int | None) -> None:
         """Assigned or sought: records from ``position`` on will be read (None: not ours any more)."""
@@ -231,9 +242,13 @@ class Aligner:
         remote_progress: Mapping[int, int],
         webhook_ends: Mapping[int, int],
         inbound_ends: Mapping[int, int],
+        remote_own: Mapping[int, int] | None = None,
     ) -> None:
         """The round's answers: committed offsets of the remote webhook partitions (read before the end
-        offsets), and the end offsets."""
+        offsets), the end offsets (last stable offsets under exactly_once), and ``remote_own``: per
+        wa.inbound partition, the offset past the records that other workers' transactions committing
+        that webhook progress wrote there (their markers may still be on their way)."""
+        remote_own = remote_own or {}
         if plan.epoch != self.epoch:
             # A reset came in between: the positions read may predate a seek. Ask again.
             self.abandon_round(plan)
@@ -252,7 +267,10 @@ class Aligner:
             cohorts.append(new)
         for cohort in cohorts:
             if all(progress.get(w, 0) >= end for w, end in cohort.targets.items()):
-                cohort.barrier = {p: inbound_ends[p] for p in cohort.partitions}
+                cohort.barrier = {
+                    p: max(inbound_ends[p], self._own.get(p, 0), remote_own.get(p, 0))
+                    for p in cohort.partitions
+                }
                 if cohort in self._waiting:
                     self._waiting.remove(cohort)
             elif cohort is new:
@@ -328,3 +346,24 @@ class Aligner:
 def _later(view: FetchView, arrived: FetchView) -> bool:
     """A response from the same broker, processed after the one that delivered the request."""
     return view.leader == arrived.leader and view.stamp > arrived.stamp
+
+
+_INBOUND_ENDS_PREFIX = "wagate/inbound:"
+
+
+def format_inbound_ends(ends: Mapping[int, int]) -> str:
+    """Offset-commit metadata: 'wagate/inbound:3=1200,5=88' (Kafka keeps up to 4 KiB by default; a
+    transaction writes a handful of partitions)."""
+    return _INBOUND_ENDS_PREFIX + ",".join(f"{p}={end}" for p, end in sorted(ends.items()))
+
+
+def parse_inbound_ends(metadata: str) -> dict[int, int]:
+    """The reverse of ``format_inbound_ends``; anything else (another writer's metadata) gives {}."""
+    if not metadata.startswith(_INBOUND_ENDS_PREFIX):
+        return {}
+    ends: dict[int, int] = {}
+    for item in metadata.removeprefix(_INBOUND_ENDS_PREFIX).split(","):
+        partition, _, end = item.partition("=")
+        if partition.isdigit() and end.isdigit():
+            ends[int(partition)] = int(end)
+    return ends

@@ -158,8 +158,9 @@ class Pipeline:
         webhook_ends: Mapping[int, int],
         inbound_ends: Mapping[int, int],
         now: float,
+        remote_own: Mapping[int, int] | None = None,
     ) -> Step:
-        self.aligner.complete_round(plan, remote_progress, webhook_ends, inbound_ends)
+        self.aligner.complete_round(plan, remote_progress, webhook_ends, inbound_ends, remote_own)
         return self.release(now)
 
     # -- positions ----------------------------------------------------------------------------------

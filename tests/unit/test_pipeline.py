@@ -10,7 +10,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.core.aligner import Aligner, FetchView
+from streams.core.aligner import Aligner, FetchView, format_inbound_ends, parse_inbound_ends
 from streams.core.pipeline import Pipeline
 from streams.core.processor import Processor
 from streams.core.records import Output, Record, Source, Step
@@ -498,3 +498,73 @@ def test_a_step_keeps_each_input_partitions_outputs_apart() -> None:
     for partition, outputs in step.by_partition.items():
         changelog = [o for o in outputs if o.topic == h.topo.contact_state_changelog.name]
         assert changelog and all(o.partition == partition for o in changelog)
+
+
+# -- barriers in read_committed terms (issue 18, finding 3) -------------------------------------------
+
+
+def test_an_open_transaction_on_inbound_holds_no_request() -> None:
+    """A foreign transaction left open on wa.inbound: the last stable offset stops before it, and the
+    request is decided once everything below it is applied, not at the hold limit."""
+    h = Harness()
+    opener = h.opener("ivy")
+    h.log.write(h.topo.inbound.name, opener.partition, "x", {"open": "transaction"})  # not committed
+    h.feed([opener], positions={(h.topo.inbound.name, opener.partition): opener.offset + 1})
+    h.feed([h.request("ivy", "r1")])
+    plan = h.pipeline.plan_round()
+    assert plan is not None
+    stable = {p: h.log.end(h.topo.inbound.name, p) for p in plan.inbound}
+    stable[opener.partition] = opener.offset + 1  # what read_committed ListOffsets answers
+    h.take(h.pipeline.complete_round(plan, {}, {0: 0, 1: 0}, stable, 0.0))
+    assert h.decisions()["r1"]["reason"] == "window_open"
+
+
+def test_the_gates_own_committed_events_are_waited_for_past_the_last_stable_offset() -> None:
+    """A transaction of this worker committed an event, but its markers are not written yet, so the
+    last stable offset does not show it: a request written after the commit waits for it anyway."""
+    h = Harness()
+    opener = h.opener("jon")
+    h.aligner.own_committed(opener.partition, opener.offset + 1)  # the commit returned
+    h.feed([h.request("jon", "r1")])
+    plan = h.pipeline.plan_round()
+    assert plan is not None
+    stable = dict.fromkeys(plan.inbound, 0)  # the markers are still on their way
+    h.take(h.pipeline.complete_round(plan, {}, {0: 0, 1: 0}, stable, 0.0))
+    assert h.decisions() == {}, "decided before the gate's own committed event"
+    h.feed([opener])
+    assert h.decisions()["r1"]["reason"] == "window_open"
+
+
+def test_another_workers_committed_events_are_waited_for_by_their_offset_metadata() -> None:
+    """The body was normalized by another worker, whose transaction's offset commit says where its
+    wa.inbound records end: the request waits for them although the last stable offset lags."""
+    h = Harness()
+    h.pipeline.reset(h.topo.webhooks.name, 0, None)  # partition 0 is not ours
+    h.log.write(h.topo.webhooks.name, 0, PNID, {"object": "x"})
+    opener = h.opener("kim")
+    h.feed([h.request("kim", "r1")])
+    plan = h.pipeline.plan_round()
+    assert plan is not None
+    metadata = format_inbound_ends({opener.partition: opener.offset + 1})
+    remote_own = parse_inbound_ends(metadata)
+    stable = dict.fromkeys(plan.inbound, 0)
+    h.take(h.pipeline.complete_round(plan, {0: 1}, {0: 1, 1: 0}, stable, 0.0, remote_own))
+    assert h.decisions() == {}
+    h.feed([opener])
+    assert h.decisions()["r1"]["reason"] == "window_open"
+    assert parse_inbound_ends("someone else's metadata") == {}
+    assert parse_inbound_ends(format_inbound_ends({3: 12, 0: 7})) == {0: 7, 3: 12}
+
+
+def test_the_fast_path_barrier_is_never_below_the_gates_own_committed_events() -> None:
+    h = Harness()
+    opener = h.opener("lea")
+    h.aligner.own_committed(opener.partition, opener.offset + 1)
+    for w in range(PARTITIONS):
+        h.aligner.webhooks_on_broker(w, 0)
+    h.feed([h.request("lea", "r1")], views=h.views(1))
+    lagging = {key: FetchView(2, 0, 1) for key in h.views(2)}  # a later response whose LSO lags
+    h.feed([], views=lagging)
+    assert h.decisions() == {}
+    h.feed([opener])
+    assert h.decisions()["r1"]["reason"] == "window_open"
