@@ -331,8 +331,7 @@ class PipelineConsumer(faust_aiokafka.Consumer):
             if self.sink is not None:
                 # exactly_once: every assigned partition has its producer (started, so the previous
                 # owner fenced, by on_partitions_assigned) before the committed offsets are read.
-                await self._fenced()
-                await self.sink.on_assigned(self._sink_partitions(self.assignment()))
+                await self._fenced()  # (no lanes from self.assignment(): it may be a stale one)
             committed = await super().seek_to_committed()
             await self._report_positions(dict(committed))
             return committed

@@ -27,7 +27,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -35,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import TP
 
-from streams.agents.transactions import PartitionTransactions
+from streams.agents.transactions import PartitionTransactions, Sent
 from streams.agents.windows import Ownership, WindowScheduler
 from streams.core.aligner import Aligner, FetchView, RoundPlan, format_inbound_ends, parse_inbound_ends
 from streams.core.pipeline import Pipeline
@@ -69,15 +68,6 @@ def _append(batch: Any, output: Output) -> Any:
     """``output`` into an aiokafka batch; None when the batch is full."""
     headers = list(output.headers) if output.headers else _NO_HEADERS
     return batch.append(key=output.key, value=output.value, timestamp=output.timestamp_ms, headers=headers)
-
-
-@dataclass(frozen=True, slots=True)
-class Sent:
-    """One record batch handed to a producer: its topic, how many records, its delivery future."""
-
-    topic: str
-    count: int
-    future: Any
 
 
 # While a cohort waits for other workers' webhook progress, ask again this often.
@@ -396,10 +386,12 @@ class PipelineRunner:
         return self._watch_delivery(fut, topic, 1)
 
     def _watch_delivery(self, fut: Any, topic: str, count: int) -> Sent:
-        """A failed delivery crashes the worker; at_least_once, a delivered changelog batch moves
-        recovery's start (exactly_once: the commit does, see ``_transaction_committed``)."""
-        fut.add_done_callback(self._on_delivered)
-        if topic == self._changelog and not self.exactly_once:
+        """at_least_once: a failed delivery crashes the worker, and a delivered changelog batch moves
+        recovery's start. exactly_once: the lane awaits every delivery before it commits (a fenced
+        one loses the partition, not the worker) and the commit moves recovery's start."""
+        if self.exactly_once:
+            return Sent(topic, count, fut)
+        if topic == self._changelog:
             fut.add_done_callback(lambda done: self._on_changelog_delivered(done, count))
         return Sent(topic, count, fut)
 

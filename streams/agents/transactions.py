@@ -52,10 +52,10 @@ from streams.faust_private import tune_transactions
 
 log = logging.getLogger(__name__)
 
-SendOutputs = Callable[[Any, list[Output]], Awaitable[list[Any]]]
+SendOutputs = Callable[[Any, list[Output]], Awaitable[list["Sent"]]]
 # (the outputs of a committed transaction, what send_outputs returned for them, its input offsets,
 # seconds from its begin to its commit)
-OnCommitted = Callable[[list[Output], list[Any], dict[TopicPartition, int], float], None]
+OnCommitted = Callable[[list[Output], list["Sent"], dict[TopicPartition, int], float], None]
 ProducerFactory = Callable[[str], AIOKafkaProducer]
 
 # What a transactional producer gets once another producer took its transactional id over, or once the
@@ -74,6 +74,15 @@ _STOP_TIMEOUT_SECONDS = 10.0  # a fenced producer's stop may wait for a sender t
 # A lane whose pending outputs pass this makes the pipeline wait (the fetch loop slows down to the
 # pace of the transactions instead of piling outputs up in memory).
 MAX_PENDING_OUTPUTS = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """One record batch handed to a producer: its topic, how many records, its delivery future."""
+
+    topic: str
+    count: int
+    future: Any
 
 
 @dataclass
@@ -101,7 +110,7 @@ class PartitionTransactions:
         on_failure: Callable[[BaseException], None],
         on_commit: OnCommitted | None = None,
         on_lost: Callable[[int, BaseException], None] | None = None,
-        offsets_metadata: Callable[[list[Any]], Awaitable[str]] | None = None,
+        offsets_metadata: Callable[[list[Sent]], Awaitable[str]] | None = None,
     ) -> None:
         self.prefix = transactional_id_prefix
         self.group_id = group_id
@@ -226,6 +235,9 @@ class PartitionTransactions:
                     metadata = await self.offsets_metadata(sent) if self.offsets_metadata else ""
                     committed = {tp: OffsetAndMetadata(offset, metadata) for tp, offset in offsets.items()}
                     await producer.send_offsets_to_transaction(committed, self.group_id)
+                # aiokafka commits a transaction whose batches failed without them: every batch must be
+                # acknowledged first (a failure, ProducerFenced included, is raised here instead).
+                await asyncio.gather(*(item.future for item in sent))
                 await producer.commit_transaction()
                 if self.on_commit is not None:
                     self.on_commit(outputs, sent, offsets, time.monotonic() - began)
