@@ -243,6 +243,43 @@ def request_rejoin(app: faust.App) -> bool:
     return True
 
 
+def forget_positions(app: faust.App, tps: Iterable[TP]) -> None:
+    """The pipeline gave these partitions up (a fenced lane): the consumer neither fetches nor
+    delivers them until a seek positions them again."""
+    consumer = app.consumer
+    if isinstance(consumer, PipelineConsumer):
+        consumer.forget_positions(tps)
+
+
+def fenced_cause(
+    producer: Any, exc: BaseException, kinds: tuple[type[BaseException], ...]
+) -> BaseException | None:
+    """The fencing behind a transactional producer's failure, if that is what it was. aiokafka raises
+    it as is, chained, or, once its sender task died of it, as a generic error ("Unexpected error
+    during batch delivery", IllegalOperation, an assertion on the next transaction step) while the
+    producer keeps the cause: in its sender task and its transaction manager's fatal error."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is short; never follow a pathological one far
+        if seen is None:
+            break
+        if isinstance(seen, kinds):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    causes: list[Any] = []
+    with contextlib.suppress(AttributeError):
+        causes.append(producer._sender.sender_task)
+    with contextlib.suppress(AttributeError):
+        txn = producer._txn_manager
+        if txn is not None and txn.is_fatal_error():
+            causes.append(txn.wait_for_transaction_end())
+    for future in causes:
+        if future is not None and future.done() and not future.cancelled():
+            cause = future.exception()
+            if isinstance(cause, kinds):
+                return cause
+    return None
+
+
 def kafka_producer(app: faust.App) -> Any:
     """The aiokafka producer Faust owns (and flushes before every commit)."""
     return app.producer._ensure_producer()  # type: ignore[attr-defined]
@@ -306,6 +343,7 @@ class _Fetched:
 
     generation: int
     seeks: int
+    sought: Mapping[TP, int]  # the sink's partitions fetched, and the seek that last positioned each
 
 
 class PipelineConsumer(faust_aiokafka.Consumer):
@@ -314,6 +352,12 @@ class PipelineConsumer(faust_aiokafka.Consumer):
         self.sink: FetchSink | None = getattr(self.transport, "sink", None)
         self._fetch_lock = asyncio.Lock()  # held for a fetch and for a seek: they never overlap
         self._seeks = 0  # seeks started
+        # The sink's partitions whose position was set by a seek of ours since they were assigned (and
+        # the number of that seek): the only ones fetched and delivered. aiokafka positions a new
+        # assignment on its own (the committed offset, then moved on by any fetch, kept or dropped),
+        # and Faust resumes the partitions before it seeks them: records fetched from such a position
+        # may lie past records never processed, and committing them would skip those.
+        self._sought: dict[TP, int] = {}
         self._positions_warned = False
         # Recovery: the offset of the last changelog record fetched per partition since its last seek.
         self._last_changelog_record: dict[TP, int] = {}
@@ -333,7 +377,9 @@ class PipelineConsumer(faust_aiokafka.Consumer):
                 # owner fenced, by on_partitions_assigned) before the committed offsets are read.
                 await self._fenced()  # (no lanes from self.assignment(): it may be a stale one)
             committed = await super().seek_to_committed()
-            await self._report_positions(dict(committed))
+            # aiokafka seeks only partitions with a committed offset above 0: the others keep the
+            # position it chose, so every one of the sink's is positioned again, explicitly.
+            await self._report_positions(dict(committed), reposition=True)
             return committed
 
     async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
@@ -351,17 +397,26 @@ class PipelineConsumer(faust_aiokafka.Consumer):
             await super()._seek(partition, offset)
             await self._report_positions({partition: offset})
 
-    async def _report_positions(self, positions: Mapping[TP, int | None]) -> None:
+    async def _report_positions(self, positions: Mapping[TP, int | None], reposition: bool = False) -> None:
+        """Tell the sink where its partitions will be read from, after making that true: the partitions
+        ``reposition`` covers (all, or those without a known offset) are sought to exactly what the sink
+        is told. From then on they are fetched (``_sought``)."""
         sink = self.sink
         if sink is None:
             return
         ours = {tp: offset for tp, offset in positions.items() if tp.topic in sink.topics}
         unknown = [tp for tp, offset in ours.items() if offset is None or offset < 0]
         if unknown:
-            # No committed offset: the consumer starts at the log's beginning (auto_offset_reset earliest).
+            # No committed offset: read from the log's beginning (auto_offset_reset earliest).
             ours.update(await self.earliest_offsets(*unknown))
-        if ours:
-            sink.on_positions(ours)
+        exact = {tp: int(offset) for tp, offset in ours.items() if offset is not None}
+        moved = exact if reposition else {tp: exact[tp] for tp in unknown if tp in exact}
+        if moved:
+            await self._thread.seek_wait(moved)
+        for tp in exact:
+            self._sought[tp] = self._seeks
+        if exact:
+            sink.on_positions(exact)
 
     def _sink_partitions(self, tps: Iterable[TP]) -> set[int]:
         """The input partitions (of the pipeline's co-partitioned topics) among ``tps``."""
@@ -369,6 +424,9 @@ class PipelineConsumer(faust_aiokafka.Consumer):
         return {tp.partition for tp in tps if tp.topic in topics}
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        # aiokafka made a new position for every assigned partition, kept ones included: none of the
+        # sink's is fetched again before a seek of ours (seek_to_committed, after recovery).
+        self._sought.clear()
         if self.sink is not None:
             # Fence first, then recover: the partitions' transactional producers start (fencing the
             # previous owner's, which resolves its open transaction) before Faust's recovery reads the
@@ -397,6 +455,8 @@ class PipelineConsumer(faust_aiokafka.Consumer):
             # Stop taking work first: a fetch made before this point is stale from now on (its records
             # are read again from the committed offsets), and the sink drops what it held of them.
             self._seeks += 1
+            for tp in revoked:
+                self._sought.pop(tp, None)
             ours = {tp for tp in revoked if tp.topic in self.sink.topics}
             self.sink.on_positions(dict.fromkeys(ours))
             # exactly_once: what was submitted for them is committed, and their producers stopped,
@@ -431,13 +491,20 @@ class PipelineConsumer(faust_aiokafka.Consumer):
     async def _fetch(self, timeout: float) -> tuple[_Fetched, Mapping[TP, list[Any]] | None]:
         """A fetch of the active partitions less what the sink holds back; None: nothing to fetch."""
         async with self._fetch_lock:
-            fetched = _Fetched(self.app.consumer_generation_id, self._seeks)
+            sink = self.sink
+            sought = self._sought
+            fetched = _Fetched(self.app.consumer_generation_id, self._seeks, dict(sought))
             if not self.flow_active:
                 return fetched, {}
             active = self._get_active_partitions()
-            held_back = self.sink.held_back() if self.sink is not None else set()
-            if held_back:
-                active = {tp for tp in active if (tp.topic, tp.partition) not in held_back}
+            if sink is not None:
+                held_back = sink.held_back()
+                topics = sink.topics
+                active = {
+                    tp
+                    for tp in active
+                    if tp.topic not in topics or (tp in sought and (tp.topic, tp.partition) not in held_back)
+                }
             if not active:
                 return fetched, None
             self.not_waiting_next_records.set()
@@ -459,6 +526,7 @@ class PipelineConsumer(faust_aiokafka.Consumer):
                     continue
                 if not self._current(fetched):
                     self._drop_stale(sum(len(batch) for batch in records.values()))
+                    await self._rewind(records, fetched)
                     continue
                 sink = self.sink
                 ours: dict[TP, list[Any]] = {}
@@ -466,7 +534,8 @@ class PipelineConsumer(faust_aiokafka.Consumer):
                 for tp, batch in records.items():
                     monitor.track_tp_end_offset(tp, self.highwater(tp))
                     if sink is not None and tp.topic in sink.topics:
-                        ours[tp] = batch
+                        if tp in self._sought:  # (else no longer ours: sought again before it is fetched)
+                            ours[tp] = batch
                     else:
                         theirs.extend((tp, self._to_message(tp, record)) for record in batch)
                 if sink is not None:
@@ -515,12 +584,13 @@ class PipelineConsumer(faust_aiokafka.Consumer):
             leader_for = kafka._client.cluster.leader_for_partition
             positions: dict[TP, int] = {}
             views: dict[TP, FetchView] = {}
+            sought = self._sought
             for tp in self.assignment():
                 if tp.topic in topics:
                     state = assignment.state_value(tp)
                     if state is None:
                         continue
-                    if state.has_valid_position:
+                    if state.has_valid_position and tp in sought:
                         positions[tp] = state.position
                     stamp = state.timestamp
                     if stamp is not None:
@@ -578,6 +648,32 @@ class PipelineConsumer(faust_aiokafka.Consumer):
             recovery.flush_buffers()
             recovery._set_recovery_ended()
             recovery.signal_recovery_end.set()
+
+    async def _rewind(self, records: Mapping[TP, list[Any]], fetched: _Fetched) -> None:
+        """A stale batch was dropped, but fetching it moved aiokafka's positions past its records: the
+        sink's partitions that no seek has positioned since (a seek of other partitions made it stale)
+        go back to its first record. The others are where a seek put them, or are sought again before
+        their next fetch (revoked, reassigned, lost)."""
+        sink = self.sink
+        if sink is None:
+            return
+        async with self._fetch_lock:
+            back = {
+                tp: batch[0].offset
+                for tp, batch in records.items()
+                if batch
+                and tp.topic in sink.topics
+                and tp in self._sought
+                and self._sought[tp] == fetched.sought.get(tp)
+            }
+            if back:
+                await self._thread.seek_wait(back)
+
+    def forget_positions(self, tps: Iterable[TP]) -> None:
+        """These partitions are not the sink's any more (a fenced lane): nothing of them is fetched or
+        delivered until a seek positions them again (the group reassigns them)."""
+        for tp in tps:
+            self._sought.pop(tp, None)
 
     def _drop_stale(self, undelivered: int) -> None:
         # Not marked read: the seek that made the batch stale (done, or due with the rebalance)

@@ -43,6 +43,7 @@ from streams.core.records import InputRecord, Output, Step
 from streams.faust_private import (
     TRANSACTION_RETRY_BACKOFF_MS,
     PartitionedState,
+    forget_positions,
     kafka_producer,
     recovery_done,
     request_rejoin,
@@ -207,7 +208,9 @@ class PipelineRunner:
         revokes and reassigns (the next owner, maybe this worker, recovers and re-reads it)."""
         self.metrics.partitions_lost.inc()
         self.state.forget(partition)
-        self.on_positions({TP(topic, partition): None for topic in self.topics})
+        gone = [TP(topic, partition) for topic in self.topics]
+        forget_positions(self.app, gone)
+        self.on_positions(dict.fromkeys(gone))
         self._lost.add(partition)
         if not request_rejoin(self.app):
             log.warning("could not ask the group for a rebalance: partition %d waits for one", partition)

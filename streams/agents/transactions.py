@@ -48,7 +48,7 @@ from aiokafka.errors import (
 from aiokafka.structs import OffsetAndMetadata
 
 from streams.core.records import Output
-from streams.faust_private import tune_transactions
+from streams.faust_private import fenced_cause, tune_transactions
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,13 @@ FENCED_ERRORS: tuple[type[BaseException], ...] = (
     UnknownProducerId,
 )
 _STOP_TIMEOUT_SECONDS = 10.0  # a fenced producer's stop may wait for a sender that died
+# Starting a partition's producer (InitProducerId) waits while the coordinator resolves the previous
+# owner's transaction: seconds normally. Past this the worker stops with an error saying so, rather
+# than hold the partition (and the rebalance) indefinitely.
+PREPARE_TIMEOUT_SECONDS = 60.0
+# Revocation commits what its lanes hold; past this their open transactions are given up (the next
+# owner's fencing aborts them, and it reads their inputs again), so the rebalance is not held up.
+CLOSE_TIMEOUT_SECONDS = 20.0
 
 # A lane whose pending outputs pass this makes the pipeline wait (the fetch loop slows down to the
 # pace of the transactions instead of piling outputs up in memory).
@@ -134,8 +141,16 @@ class PartitionTransactions:
         """The assignment is ``partitions``: close the lanes of partitions no longer ours, start a
         producer for each new one. Starting it (InitProducerId) fences the previous owner's producer
         and resolves its open transaction: call this before reading the committed offsets."""
+        wanted = set(partitions)
         async with self._preparing:
-            await self._prepare(set(partitions))
+            try:
+                await asyncio.wait_for(self._prepare(wanted), PREPARE_TIMEOUT_SECONDS)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"transactional producers for partitions {sorted(wanted)} did not start within "
+                    f"{PREPARE_TIMEOUT_SECONDS:.0f} s: the transaction coordinator has not resolved the "
+                    "previous owner's transactions (is the broker healthy?)"
+                ) from None
 
     async def _prepare(self, wanted: set[int]) -> None:
         started = time.monotonic()
@@ -212,15 +227,25 @@ class PartitionTransactions:
             lane = self.lanes.pop(partition, None)
             if lane is not None:
                 closing.append(lane)
+        deadline = time.monotonic() + CLOSE_TIMEOUT_SECONDS
         try:
             for lane in closing:
                 while lane.task is not None and not lane.task.done() and self.failed is None:
-                    await asyncio.shield(lane.task)
+                    try:
+                        await asyncio.wait_for(asyncio.shield(lane.task), deadline - time.monotonic())
+                    except TimeoutError:
+                        log.warning(
+                            "partition %d: its transaction did not commit within %.0f s of its revocation; "
+                            "given up (its inputs are read again by the next owner)",
+                            lane.partition,
+                            CLOSE_TIMEOUT_SECONDS,
+                        )
+                        lane.task.cancel()
+                        break
             if self.failed is not None:
                 raise RuntimeError("a transaction failed") from self.failed
         finally:
-            for lane in closing:
-                await _stop_quietly(lane.producer)
+            await asyncio.gather(*(_stop_quietly(lane.producer) for lane in closing))
 
     async def _run(self, lane: _Lane) -> None:
         producer = lane.producer
@@ -244,23 +269,12 @@ class PartitionTransactions:
                 for callback in callbacks:
                     callback()
                 lane.progress.set()
-        except FENCED_ERRORS as exc:
-            # The partition has moved (or its transaction timed out): nothing of the open transaction
-            # becomes visible, the new owner starts from the last commit. Only this lane is dropped.
-            lane.outputs, lane.offsets, lane.on_committed = [], {}, []
-            lane.progress.set()
-            if self.lanes.get(lane.partition) is lane:
-                del self.lanes[lane.partition]
-            log.warning(
-                "partition %d lost: its transactional producer was fenced (%s); dropping it and "
-                "rejoining the group",
-                lane.partition,
-                type(exc).__name__,
-            )
-            asyncio.get_running_loop().create_task(_stop_quietly(lane.producer))
-            if self.on_lost is not None:
-                self.on_lost(lane.partition, exc)
-        except Exception as exc:  # broker gone past retries, a failed batch
+        except Exception as exc:
+            fenced = fenced_cause(producer, exc, FENCED_ERRORS)
+            if fenced is not None:
+                self._lose(lane, fenced)
+                return
+            # Broker gone past retries, a failed batch:
             # Nothing of the open transaction becomes visible; the worker stops, and whoever takes
             # the partition over (this worker restarted, or another) starts from the last commit.
             self.failed = exc
@@ -273,6 +287,25 @@ class PartitionTransactions:
                 exc,
             )
             self.on_failure(exc)
+
+    def _lose(self, lane: _Lane, exc: BaseException) -> None:
+        """The partition has moved (or its transaction timed out): nothing of the open transaction
+        becomes visible, the new owner starts from the last commit. Only this lane is dropped, and the
+        runner told only when it was still the partition's lane (a closed one is gone already)."""
+        lane.outputs, lane.offsets, lane.on_committed = [], {}, []
+        lane.progress.set()
+        current = self.lanes.get(lane.partition) is lane
+        if current:
+            del self.lanes[lane.partition]
+        log.warning(
+            "partition %d lost: its transactional producer was fenced (%s)%s",
+            lane.partition,
+            type(exc).__name__,
+            "; dropping it and rejoining the group" if current else " after its revocation",
+        )
+        asyncio.get_running_loop().create_task(_stop_quietly(lane.producer))
+        if current and self.on_lost is not None:
+            self.on_lost(lane.partition, exc)
 
 
 async def _stop_quietly(producer: AIOKafkaProducer) -> None:

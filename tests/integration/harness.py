@@ -8,12 +8,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaProducer
 
 from streams.admin import ensure_topics
 from streams.client import GateClient, Record
@@ -29,6 +32,47 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class PacedLoad(threading.Thread):
+    """A load generator on a thread of its own: ``tick`` is called ``ticks_per_second`` times a second
+    with one idempotent producer, until ``halt`` is set. ``expected`` maps each request id written to
+    the reason the test's model expects; an error ends the run and is kept for the test to raise."""
+
+    def __init__(self, bootstrap: str, ticks_per_second: float) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap = bootstrap
+        self.period = 1 / ticks_per_second
+        self.expected: dict[str, str] = {}
+        self.started_at = self.stopped_at = 0.0  # wall clock: the first tick, the end of the run
+        self.halt = threading.Event()
+        self.error: BaseException | None = None
+
+    async def tick(self, producer: AIOKafkaProducer, n: int) -> None:
+        raise NotImplementedError
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:  # surfaced by the test
+            self.error = exc
+
+    async def _run(self) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=2
+        )
+        await producer.start()
+        self.started_at = time.time()
+        try:
+            n = 0
+            while not self.halt.is_set():
+                started = time.monotonic()
+                await self.tick(producer, n)
+                n += 1
+                await asyncio.sleep(max(0.0, self.period - (time.monotonic() - started)))
+        finally:
+            self.stopped_at = time.time()
+            await producer.stop()
 
 
 class Broker:

@@ -17,11 +17,9 @@ kill to the worker's next decision.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import signal
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +28,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from .conftest import inbound, start_and_wait, text_request
-from .harness import Gate
+from .harness import Gate, PacedLoad
 
 OPEN_USERS = 1_000
 CHUNK = 100  # requests per chunk: one for a newly opened user, one for a never-seen one
@@ -39,55 +37,28 @@ KILLS = 10
 SEED = 20261202
 
 
-class _Load(threading.Thread):
+class _Load(PacedLoad):
     """Chunks of requests at a steady pace, each preceded by the opener of a new user."""
 
     def __init__(self, gate: Gate, pnid: str) -> None:
-        super().__init__(daemon=True)
+        super().__init__(gate.settings.kafka_bootstrap_servers, CHUNKS_PER_SECOND)
         self.gate, self.pnid = gate, pnid
-        self.expected: dict[str, str] = {}  # request_id -> reason the model expects
         self.opened: list[str] = []  # users the run opened
-        self.halt = threading.Event()
-        self.error: BaseException | None = None
 
-    def run(self) -> None:
-        try:
-            asyncio.run(self._run())
-        except BaseException as exc:  # surfaced by the test
-            self.error = exc
-
-    async def _run(self) -> None:
-        t = self.gate.topo
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.gate.settings.kafka_bootstrap_servers, acks="all", linger_ms=5
-        )
-        await producer.start()
-        pnid = self.pnid
-        try:
-            n = 0
-            while not self.halt.is_set():
-                started = time.monotonic()
-                fresh, never = f"v{n}", f"n{n}"
-                opener = inbound(pnid, fresh, time.time() - 5)
-                await producer.send_and_wait(
-                    t.inbound.name, orjson.dumps(opener), key=f"{pnid}:{fresh}".encode()
-                )
-                self.opened.append(fresh)
-                batch: list[tuple[str, str, str]] = [(fresh, f"{pnid}-{n}-fresh", "window_open")]
-                batch.append((never, f"{pnid}-{n}-never", "no_window"))
-                batch += [
-                    (f"u{i % OPEN_USERS}", f"{pnid}-{n}-{i}", "window_open")
-                    for i in range(CHUNK - len(batch))
-                ]
-                for user, rid, reason in batch:
-                    value = orjson.dumps(text_request(pnid, user, rid))
-                    await producer.send(t.requests.name, value, key=f"{pnid}:{user}".encode())
-                    self.expected[rid] = reason
-                await producer.flush()
-                n += 1
-                await asyncio.sleep(max(0.0, 1 / CHUNKS_PER_SECOND - (time.monotonic() - started)))
-        finally:
-            await producer.stop()
+    async def tick(self, producer: AIOKafkaProducer, n: int) -> None:
+        t, pnid = self.gate.topo, self.pnid
+        fresh, never = f"v{n}", f"n{n}"
+        opener = inbound(pnid, fresh, time.time() - 5)
+        await producer.send_and_wait(t.inbound.name, orjson.dumps(opener), key=f"{pnid}:{fresh}".encode())
+        self.opened.append(fresh)
+        batch: list[tuple[str, str, str]] = [(fresh, f"{pnid}-{n}-fresh", "window_open")]
+        batch.append((never, f"{pnid}-{n}-never", "no_window"))
+        batch += [(f"u{i % OPEN_USERS}", f"{pnid}-{n}-{i}", "window_open") for i in range(CHUNK - len(batch))]
+        for user, rid, reason in batch:
+            value = orjson.dumps(text_request(pnid, user, rid))
+            await producer.send(t.requests.name, value, key=f"{pnid}:{user}".encode())
+            self.expected[rid] = reason
+        await producer.flush()
 
 
 def _decided(gate: Gate) -> float:

@@ -1,0 +1,173 @@
+"""The consumer fetches the pipeline's partitions only from positions it sought itself.
+
+aiokafka gives every newly assigned partition (kept ones included: its rebalances revoke everything)
+a position of its own, the committed offset, and any fetch moves it on, whether or not the records
+reach anyone: a fetch that was in flight across the rebalance and dropped as stale leaves it past
+records nobody processed. Faust then resumes the partitions *before* it seeks them to their committed
+offsets. A fetch in that gap used to deliver records from the moved position: the inbound events
+skipped never reached the state, their requests were decided ``no_window`` and the skipped offsets
+were committed (the zombie fault test saw hundreds a run). aiokafka's ``seek_to_committed`` also
+leaves a partition whose committed offset is 0 or missing where it was.
+
+Here aiokafka is a small model of those positions (no broker: what is tested is the consumer's own
+bookkeeping of positions, seeks and stale fetches).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from types import SimpleNamespace
+from typing import Any
+
+from faust.types import TP
+
+from streams.faust_private import PipelineConsumer
+
+IN0, IN1 = TP("in", 0), TP("in", 1)
+CHANGELOG = TP("changelog", 0)  # a topic of Faust's own: not the pipeline's
+PER_FETCH = 3
+
+
+class _Positions:
+    """aiokafka's consumer as Faust's consumer thread shows it."""
+
+    def __init__(self, ends: Mapping[TP, int], committed: Mapping[TP, int | None]) -> None:
+        self.ends = dict(ends)
+        self.committed = dict(committed)
+        self.positions: dict[TP, int] = {}
+
+    def assign(self, moved_by: int) -> None:
+        """A new assignment: positioned at the committed offsets by aiokafka itself, then moved on by
+        ``moved_by`` records by a fetch whose records were dropped."""
+        self.positions = {tp: (self.committed.get(tp) or 0) + moved_by for tp in self.ends}
+
+    def assignment(self) -> set[TP]:
+        return set(self.positions)
+
+    async def getmany(self, active_partitions: Iterable[TP], timeout: float) -> dict[TP, list[Any]]:
+        records: dict[TP, list[Any]] = {}
+        for tp in sorted(active_partitions):
+            start = self.positions[tp]
+            stop = min(start + PER_FETCH, self.ends[tp])
+            if stop > start:
+                records[tp] = [SimpleNamespace(offset=offset) for offset in range(start, stop)]
+                self.positions[tp] = stop
+        return records
+
+    async def seek_to_committed(self) -> dict[TP, int | None]:
+        for tp in self.positions:
+            offset = self.committed.get(tp)
+            if offset and offset > 0:  # aiokafka's own condition
+                self.positions[tp] = offset
+        return {tp: self.committed.get(tp) for tp in self.positions}
+
+    async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
+        self.positions.update(partitions)
+
+    async def earliest_offsets(self, *partitions: TP) -> dict[TP, int]:
+        return dict.fromkeys(partitions, 0)
+
+
+class _Sink:
+    topics = frozenset({"in"})
+    read_committed = False
+
+    def __init__(self) -> None:
+        self.told: dict[TP, int | None] = {}
+
+    def held_back(self) -> set[tuple[str, int]]:
+        return set()
+
+    def on_positions(self, positions: Mapping[TP, int | None]) -> None:
+        self.told.update(positions)
+
+
+def _consumer(kafka: _Positions, sink: _Sink) -> PipelineConsumer:
+    """The consumer's own state, without Faust's app around it."""
+    consumer: Any = object.__new__(PipelineConsumer)
+    consumer.sink = sink
+    consumer._fetch_lock = asyncio.Lock()
+    consumer._seeks = 0
+    consumer._sought = {}
+    consumer._last_changelog_record = {}
+    consumer._fencing = None
+    consumer._positions_warned = False
+    consumer._thread = kafka
+    consumer.app = SimpleNamespace(consumer_generation_id=1)
+    consumer.flow_active = True
+    consumer.not_waiting_next_records = asyncio.Event()
+    consumer._get_active_partitions = kafka.assignment
+    return consumer  # type: ignore[no-any-return]
+
+
+def _first_offsets(records: Mapping[TP, list[Any]] | None) -> dict[TP, int]:
+    return {tp: batch[0].offset for tp, batch in (records or {}).items()}
+
+
+def test_nothing_is_fetched_from_a_position_aiokafka_chose_until_the_consumer_seeks() -> None:
+    async def go() -> None:
+        kafka = _Positions({IN0: 20, IN1: 20}, {IN0: 5, IN1: 0})
+        kafka.assign(moved_by=7)  # a dropped fetch left them at 12 and 7
+        sink = _Sink()
+        consumer = _consumer(kafka, sink)
+        _, records = await consumer._fetch(timeout=0)
+        assert records is None, f"fetched before any seek, from {_first_offsets(records)}"
+        assert kafka.positions == {IN0: 12, IN1: 7}  # nothing moved them further
+        await consumer.seek_to_committed()
+        # in/1 has committed offset 0, which aiokafka's seek_to_committed does not seek to.
+        assert kafka.positions == {IN0: 5, IN1: 0}
+        assert sink.told == {IN0: 5, IN1: 0}
+        _, records = await consumer._fetch(timeout=0)
+        assert _first_offsets(records) == {IN0: 5, IN1: 0}
+
+    asyncio.run(go())
+
+
+def test_a_partition_without_a_committed_offset_is_read_from_the_beginning() -> None:
+    async def go() -> None:
+        kafka = _Positions({IN0: 20}, {IN0: None})
+        kafka.assign(moved_by=9)
+        sink = _Sink()
+        consumer = _consumer(kafka, sink)
+        await consumer.seek_to_committed()
+        assert kafka.positions == {IN0: 0} and sink.told == {IN0: 0}
+
+    asyncio.run(go())
+
+
+def test_a_dropped_stale_fetch_is_read_again_unless_a_seek_moved_the_partition_since() -> None:
+    async def go() -> None:
+        kafka = _Positions({IN0: 20, IN1: 20, CHANGELOG: 20}, {IN0: 5, IN1: 5, CHANGELOG: 0})
+        kafka.assign(moved_by=0)
+        sink = _Sink()
+        consumer = _consumer(kafka, sink)
+        await consumer.seek_to_committed()
+        fetched, records = await consumer._fetch(timeout=0)
+        assert records is not None and _first_offsets(records)[IN0] == 5
+        assert kafka.positions[IN0] == kafka.positions[IN1] == 8
+        # Seeks of other partitions make the batch stale: Faust's changelog, and in/1 itself.
+        await consumer.seek_wait({CHANGELOG: 3, IN1: 11})
+        assert not consumer._current(fetched)
+        await consumer._rewind(records, fetched)
+        assert kafka.positions[IN0] == 5  # its records were dropped unread: read again
+        assert kafka.positions[IN1] == 11  # where its own seek put it
+        assert kafka.positions[CHANGELOG] == 3  # not the pipeline's: Faust re-reads its own
+
+    asyncio.run(go())
+
+
+def test_a_forgotten_partition_is_not_fetched_until_it_is_sought_again() -> None:
+    async def go() -> None:
+        kafka = _Positions({IN0: 20, IN1: 20}, {IN0: 5, IN1: 5})
+        kafka.assign(moved_by=0)
+        consumer = _consumer(kafka, _Sink())
+        await consumer.seek_to_committed()
+        consumer.forget_positions([IN1])  # its lane was fenced
+        _, records = await consumer._fetch(timeout=0)
+        assert set(_first_offsets(records)) == {IN0}
+        await consumer.seek_to_committed()  # the group gave it back
+        _, records = await consumer._fetch(timeout=0)
+        assert set(_first_offsets(records)) == {IN0, IN1}
+
+    asyncio.run(go())
