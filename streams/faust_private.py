@@ -67,6 +67,8 @@ _REQUIRED: tuple[tuple[Any, str], ...] = (
     (faust_consumer.Consumer, "_commit_every"),
     (faust_consumer.Consumer, "_n_acked"),
     (faust_consumer.ThreadDelegateConsumer, "_thread"),
+    (faust_aiokafka.AIOKafkaConsumerThread, "_ensure_consumer"),
+    (faust_aiokafka.AIOKafkaConsumerThread, "call_thread"),
     (faust_aiokafka.Consumer, "seek_to_committed"),
     (faust_aiokafka.Consumer, "seek_wait"),
     (faust_aiokafka.Producer, "_ensure_producer"),
@@ -343,7 +345,7 @@ class _Fetched:
 
     generation: int
     seeks: int
-    sought: Mapping[TP, int]  # the sink's partitions fetched, and the seek that last positioned each
+    sought: Mapping[TP, int]  # the partitions sought since assigned, and the seek that last positioned each
 
 
 class PipelineConsumer(faust_aiokafka.Consumer):
@@ -357,7 +359,9 @@ class PipelineConsumer(faust_aiokafka.Consumer):
         # assignment on its own (the committed offset, then moved on by any fetch, kept or dropped),
         # and Faust resumes the partitions before it seeks them: records fetched from such a position
         # may lie past records never processed, and committing them would skip those.
+        # (Faust's own partitions are there too once sought: a stale fetch of theirs is rewound the same way.)
         self._sought: dict[TP, int] = {}
+        self._assignments = 0  # rebalance callbacks seen: a seek that spans one marks nothing
         self._positions_warned = False
         # Recovery: the offset of the last changelog record fetched per partition since its last seek.
         self._last_changelog_record: dict[TP, int] = {}
@@ -369,54 +373,77 @@ class PipelineConsumer(faust_aiokafka.Consumer):
     # -- seeks: under the fetch lock, reported to the sink --------------------------------------------
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Every assigned partition to its committed offset, read in one go before any is moved, then
+        moved in one batch on the consumer thread (aiokafka's own seek_to_committed reads and seeks one
+        partition at a time, so a cancelled one goes on seeking on that thread, and it leaves
+        partitions whose committed offset is 0 or missing where it found them). Every one of the sink's
+        partitions is positioned explicitly: where the sink is told it is."""
         async with self._fetch_lock:
             self._seeks += 1
             self._last_changelog_record.clear()
+            assignments = self._assignments
             if self.sink is not None:
                 # exactly_once: every assigned partition has its producer (started, so the previous
                 # owner fenced, by on_partitions_assigned) before the committed offsets are read.
                 await self._fenced()  # (no lanes from self.assignment(): it may be a stale one)
-            committed = await super().seek_to_committed()
-            # aiokafka seeks only partitions with a committed offset above 0: the others keep the
-            # position it chose, so every one of the sink's is positioned again, explicitly.
-            await self._report_positions(dict(committed), reposition=True)
-            return committed
+            assigned = set(self.assignment())
+            committed = await self._committed(assigned)
+            sink_topics = self.sink.topics if self.sink is not None else frozenset()
+            ours = {tp: offset for tp, offset in committed.items() if tp.topic in sink_topics}
+            positions = await self._known_positions(ours)
+            moves = {tp: offset for tp, offset in committed.items() if offset is not None and offset > 0}
+            moves.update(positions)
+            await self._moved(moves, positions, assignments)
+            return cast(Mapping[TP, int], committed)  # (None where nothing is committed, as aiokafka's)
 
     async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
         async with self._fetch_lock:
             self._seeks += 1
+            assignments = self._assignments
             for tp in partitions:
                 self._last_changelog_record.pop(tp, None)
-            await super().seek_wait(partitions)
-            await self._report_positions(dict(partitions))
+            sink_topics = self.sink.topics if self.sink is not None else frozenset()
+            ours = await self._known_positions(
+                {tp: offset for tp, offset in partitions.items() if tp.topic in sink_topics}
+            )
+            await self._moved({**partitions, **ours}, ours, assignments)
 
     async def _seek(self, partition: TP, offset: int) -> None:
-        async with self._fetch_lock:
-            self._seeks += 1
-            self._last_changelog_record.pop(partition, None)
-            await super()._seek(partition, offset)
-            await self._report_positions({partition: offset})
+        await self.seek_wait({partition: offset})
 
-    async def _report_positions(self, positions: Mapping[TP, int | None], reposition: bool = False) -> None:
-        """Tell the sink where its partitions will be read from, after making that true: the partitions
-        ``reposition`` covers (all, or those without a known offset) are sought to exactly what the sink
-        is told. From then on they are fetched (``_sought``)."""
-        sink = self.sink
-        if sink is None:
-            return
-        ours = {tp: offset for tp, offset in positions.items() if tp.topic in sink.topics}
-        unknown = [tp for tp, offset in ours.items() if offset is None or offset < 0]
+    async def _committed(self, tps: Iterable[TP]) -> dict[TP, int | None]:
+        """The group's committed offsets of ``tps`` (None: none), read on the consumer thread."""
+        thread: Any = self._thread
+        kafka = thread._ensure_consumer()
+
+        async def read() -> dict[TP, int | None]:
+            return {tp: await kafka.committed(tp) for tp in tps}
+
+        return cast(dict[TP, int | None], await thread.call_thread(read))
+
+    async def _known_positions(self, positions: Mapping[TP, int | None]) -> dict[TP, int]:
+        """``positions`` with an unknown one (None, or below 0: nothing committed) replaced by the
+        log's beginning (auto_offset_reset earliest)."""
+        known = {tp: int(offset) for tp, offset in positions.items() if offset is not None and offset >= 0}
+        unknown = [tp for tp in positions if tp not in known]
         if unknown:
-            # No committed offset: read from the log's beginning (auto_offset_reset earliest).
-            ours.update(await self.earliest_offsets(*unknown))
-        exact = {tp: int(offset) for tp, offset in ours.items() if offset is not None}
-        moved = exact if reposition else {tp: exact[tp] for tp in unknown if tp in exact}
-        if moved:
-            await self._thread.seek_wait(moved)
-        for tp in exact:
+            known.update({tp: int(offset) for tp, offset in (await self.earliest_offsets(*unknown)).items()})
+        return known
+
+    async def _moved(
+        self, moves: Mapping[TP, int], sink_positions: Mapping[TP, int], assignments: int
+    ) -> None:
+        """Seek ``moves`` in one batch, then (unless a rebalance came in between: the new assignment
+        is sought on its own) mark them sought by this seek and tell the sink where its partitions
+        are now. From then on the sink's partitions are fetched (``_sought``)."""
+        if moves:
+            await self._thread.seek_wait(moves)
+        if self._assignments != assignments:
+            return
+        for tp in moves:
             self._sought[tp] = self._seeks
-        if exact:
-            sink.on_positions(exact)
+        if sink_positions and self.sink is not None:
+            self.sink.on_positions(sink_positions)
 
     def _sink_partitions(self, tps: Iterable[TP]) -> set[int]:
         """The input partitions (of the pipeline's co-partitioned topics) among ``tps``."""
@@ -427,6 +454,7 @@ class PipelineConsumer(faust_aiokafka.Consumer):
         # aiokafka made a new position for every assigned partition, kept ones included: none of the
         # sink's is fetched again before a seek of ours (seek_to_committed, after recovery).
         self._sought.clear()
+        self._assignments += 1
         if self.sink is not None:
             # Fence first, then recover: the partitions' transactional producers start (fencing the
             # previous owner's, which resolves its open transaction) before Faust's recovery reads the
@@ -449,14 +477,15 @@ class PipelineConsumer(faust_aiokafka.Consumer):
         return await super().highwaters(*partitions)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self._assignments += 1
+        for tp in revoked:
+            self._sought.pop(tp, None)
         if self.sink is not None:
             with contextlib.suppress(Exception):  # a failed fencing already crashed the worker
                 await self._fenced()  # its lanes are in place before they are closed
             # Stop taking work first: a fetch made before this point is stale from now on (its records
             # are read again from the committed offsets), and the sink drops what it held of them.
             self._seeks += 1
-            for tp in revoked:
-                self._sought.pop(tp, None)
             ours = {tp for tp in revoked if tp.topic in self.sink.topics}
             self.sink.on_positions(dict.fromkeys(ours))
             # exactly_once: what was submitted for them is committed, and their producers stopped,
@@ -526,7 +555,9 @@ class PipelineConsumer(faust_aiokafka.Consumer):
                     continue
                 if not self._current(fetched):
                     self._drop_stale(sum(len(batch) for batch in records.values()))
-                    await self._rewind(records, fetched)
+                    await self._rewind(
+                        {tp: batch[0].offset for tp, batch in records.items() if batch}, fetched
+                    )
                     continue
                 sink = self.sink
                 ours: dict[TP, list[Any]] = {}
@@ -649,22 +680,17 @@ class PipelineConsumer(faust_aiokafka.Consumer):
             recovery._set_recovery_ended()
             recovery.signal_recovery_end.set()
 
-    async def _rewind(self, records: Mapping[TP, list[Any]], fetched: _Fetched) -> None:
-        """A stale batch was dropped, but fetching it moved aiokafka's positions past its records: the
-        sink's partitions that no seek has positioned since (a seek of other partitions made it stale)
-        go back to its first record. The others are where a seek put them, or are sought again before
-        their next fetch (revoked, reassigned, lost)."""
-        sink = self.sink
-        if sink is None:
-            return
+    async def _rewind(self, undelivered: Mapping[TP, int], fetched: _Fetched) -> None:
+        """A stale batch was dropped from ``undelivered`` (partition -> its first record not delivered)
+        on, but fetching it moved aiokafka's positions past those records: partitions that no seek has
+        positioned since the fetch (a seek of other partitions made it stale) go back. The others are
+        where a seek put them, or are sought again before their next fetch (revoked, reassigned, lost:
+        the sink's are not fetched until then; Faust's recovery seeks its changelogs itself)."""
         async with self._fetch_lock:
             back = {
-                tp: batch[0].offset
-                for tp, batch in records.items()
-                if batch
-                and tp.topic in sink.topics
-                and tp in self._sought
-                and self._sought[tp] == fetched.sought.get(tp)
+                tp: offset
+                for tp, offset in undelivered.items()
+                if tp in self._sought and self._sought[tp] == fetched.sought.get(tp)
             }
             if back:
                 await self._thread.seek_wait(back)
@@ -689,13 +715,16 @@ class PipelineConsumer(faust_aiokafka.Consumer):
         while delivered < len(batch) and not self.should_stop:
             if not self._current(fetched):
                 self._drop_stale(len(batch) - delivered)
+                await self._rewind(_first_offsets(batch[delivered:]), fetched)
                 return
             deliver = self._deliver(batch, delivered, fetched)
             outcome = await self.wait_first(deliver, self.suspend_flow.wait())
             if outcome.stopped:
                 return
             if deliver not in outcome.done:
-                self._drop_stale(len(batch) - delivered)  # a rebalance began mid-delivery
+                # A rebalance began mid-delivery; how far it got is unknown, so nothing is rewound:
+                # the rebalance seeks every partition that is kept.
+                self._drop_stale(len(batch) - delivered)
                 return
             delivered = int(outcome.results[outcome.done.index(deliver)])
             if delivered < len(batch) and self._current(fetched):
@@ -727,6 +756,13 @@ class PipelineConsumer(faust_aiokafka.Consumer):
             if commit_every is not None and self._n_acked >= commit_every:
                 return index + 1
         return len(batch)
+
+
+def _first_offsets(batch: Iterable[tuple[TP, Message]]) -> dict[TP, int]:
+    first: dict[TP, int] = {}
+    for tp, message in batch:
+        first.setdefault(tp, message.offset)
+    return first
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):

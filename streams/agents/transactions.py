@@ -142,15 +142,18 @@ class PartitionTransactions:
         producer for each new one. Starting it (InitProducerId) fences the previous owner's producer
         and resolves its open transaction: call this before reading the committed offsets."""
         wanted = set(partitions)
+        try:  # (the deadline covers waiting for the previous assignment's prepare too)
+            await asyncio.wait_for(self._prepare_locked(wanted), PREPARE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise TimeoutError(
+                f"transactional producers for partitions {sorted(wanted)} did not start within "
+                f"{PREPARE_TIMEOUT_SECONDS:.0f} s: the transaction coordinator has not resolved the "
+                "previous owner's transactions (is the broker healthy?)"
+            ) from None
+
+    async def _prepare_locked(self, wanted: set[int]) -> None:
         async with self._preparing:
-            try:
-                await asyncio.wait_for(self._prepare(wanted), PREPARE_TIMEOUT_SECONDS)
-            except TimeoutError:
-                raise TimeoutError(
-                    f"transactional producers for partitions {sorted(wanted)} did not start within "
-                    f"{PREPARE_TIMEOUT_SECONDS:.0f} s: the transaction coordinator has not resolved the "
-                    "previous owner's transactions (is the broker healthy?)"
-                ) from None
+            await self._prepare(wanted)
 
     async def _prepare(self, wanted: set[int]) -> None:
         started = time.monotonic()
@@ -201,7 +204,12 @@ class PartitionTransactions:
     async def wait_capacity(self, partitions: Iterable[int]) -> None:
         for partition in partitions:
             lane = self.lanes.get(partition)
-            while lane is not None and len(lane.outputs) > MAX_PENDING_OUTPUTS and self.failed is None:
+            while (
+                lane is not None
+                and self.lanes.get(partition) is lane  # (a closed or lost lane is nobody's to wait for)
+                and len(lane.outputs) > MAX_PENDING_OUTPUTS
+                and self.failed is None
+            ):
                 lane.progress.clear()
                 await lane.progress.wait()
 
@@ -241,6 +249,7 @@ class PartitionTransactions:
                             CLOSE_TIMEOUT_SECONDS,
                         )
                         lane.task.cancel()
+                        self._drop(lane)  # nothing of it will commit: whoever waits on it goes on
                         break
             if self.failed is not None:
                 raise RuntimeError("a transaction failed") from self.failed
@@ -288,12 +297,17 @@ class PartitionTransactions:
             )
             self.on_failure(exc)
 
+    @staticmethod
+    def _drop(lane: _Lane) -> None:
+        """What the lane holds will never commit: let it go, and wake whoever waits for its capacity."""
+        lane.outputs, lane.offsets, lane.on_committed = [], {}, []
+        lane.progress.set()
+
     def _lose(self, lane: _Lane, exc: BaseException) -> None:
         """The partition has moved (or its transaction timed out): nothing of the open transaction
         becomes visible, the new owner starts from the last commit. Only this lane is dropped, and the
         runner told only when it was still the partition's lane (a closed one is gone already)."""
-        lane.outputs, lane.offsets, lane.on_committed = [], {}, []
-        lane.progress.set()
+        self._drop(lane)
         current = self.lanes.get(lane.partition) is lane
         if current:
             del self.lanes[lane.partition]

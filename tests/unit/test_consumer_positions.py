@@ -7,7 +7,8 @@ records nobody processed. Faust then resumes the partitions *before* it seeks th
 offsets. A fetch in that gap used to deliver records from the moved position: the inbound events
 skipped never reached the state, their requests were decided ``no_window`` and the skipped offsets
 were committed (the zombie fault test saw hundreds a run). aiokafka's ``seek_to_committed`` also
-leaves a partition whose committed offset is 0 or missing where it was.
+leaves a partition whose committed offset is 0 or missing where it was, and reads and seeks one
+partition at a time (a cancelled call goes on seeking on the consumer thread).
 
 Here aiokafka is a small model of those positions (no broker: what is tested is the consumer's own
 bookkeeping of positions, seeks and stale fetches).
@@ -34,13 +35,13 @@ class _Positions:
 
     def __init__(self, ends: Mapping[TP, int], committed: Mapping[TP, int | None]) -> None:
         self.ends = dict(ends)
-        self.committed = dict(committed)
+        self.committed_offsets = dict(committed)
         self.positions: dict[TP, int] = {}
 
     def assign(self, moved_by: int) -> None:
         """A new assignment: positioned at the committed offsets by aiokafka itself, then moved on by
         ``moved_by`` records by a fetch whose records were dropped."""
-        self.positions = {tp: (self.committed.get(tp) or 0) + moved_by for tp in self.ends}
+        self.positions = {tp: (self.committed_offsets.get(tp) or 0) + moved_by for tp in self.ends}
 
     def assignment(self) -> set[TP]:
         return set(self.positions)
@@ -55,12 +56,14 @@ class _Positions:
                 self.positions[tp] = stop
         return records
 
-    async def seek_to_committed(self) -> dict[TP, int | None]:
-        for tp in self.positions:
-            offset = self.committed.get(tp)
-            if offset and offset > 0:  # aiokafka's own condition
-                self.positions[tp] = offset
-        return {tp: self.committed.get(tp) for tp in self.positions}
+    def _ensure_consumer(self) -> _Positions:
+        return self
+
+    async def call_thread(self, fun: Any, *args: Any) -> Any:
+        return await fun(*args)
+
+    async def committed(self, tp: TP) -> int | None:
+        return self.committed_offsets.get(tp)
 
     async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
         self.positions.update(partitions)
@@ -90,6 +93,7 @@ def _consumer(kafka: _Positions, sink: _Sink) -> PipelineConsumer:
     consumer._fetch_lock = asyncio.Lock()
     consumer._seeks = 0
     consumer._sought = {}
+    consumer._assignments = 0
     consumer._last_changelog_record = {}
     consumer._fencing = None
     consumer._positions_warned = False
@@ -143,16 +147,16 @@ def test_a_dropped_stale_fetch_is_read_again_unless_a_seek_moved_the_partition_s
         sink = _Sink()
         consumer = _consumer(kafka, sink)
         await consumer.seek_to_committed()
+        await consumer.seek_wait({CHANGELOG: 0})  # Faust's recovery positions its changelog
         fetched, records = await consumer._fetch(timeout=0)
-        assert records is not None and _first_offsets(records)[IN0] == 5
-        assert kafka.positions[IN0] == kafka.positions[IN1] == 8
-        # Seeks of other partitions make the batch stale: Faust's changelog, and in/1 itself.
-        await consumer.seek_wait({CHANGELOG: 3, IN1: 11})
+        assert records is not None and _first_offsets(records) == {IN0: 5, IN1: 5, CHANGELOG: 0}
+        assert kafka.positions == {IN0: 8, IN1: 8, CHANGELOG: 3}
+        await consumer.seek_wait({IN1: 11})  # a seek of one partition makes the whole batch stale
         assert not consumer._current(fetched)
-        await consumer._rewind(records, fetched)
-        assert kafka.positions[IN0] == 5  # its records were dropped unread: read again
+        await consumer._rewind({tp: batch[0].offset for tp, batch in records.items()}, fetched)
+        # Dropped unread: read again (Faust's changelog too: it has no committed offset to go back to).
+        assert kafka.positions[IN0] == 5 and kafka.positions[CHANGELOG] == 0
         assert kafka.positions[IN1] == 11  # where its own seek put it
-        assert kafka.positions[CHANGELOG] == 3  # not the pipeline's: Faust re-reads its own
 
     asyncio.run(go())
 
@@ -169,5 +173,26 @@ def test_a_forgotten_partition_is_not_fetched_until_it_is_sought_again() -> None
         await consumer.seek_to_committed()  # the group gave it back
         _, records = await consumer._fetch(timeout=0)
         assert set(_first_offsets(records)) == {IN0, IN1}
+
+    asyncio.run(go())
+
+
+def test_a_seek_that_a_rebalance_overtakes_marks_nothing_sought() -> None:
+    async def go() -> None:
+        kafka = _Positions({IN0: 20}, {IN0: 5})
+        kafka.assign(moved_by=4)
+        sink = _Sink()
+        consumer = _consumer(kafka, sink)
+        read = kafka.committed
+
+        async def committed_during_a_rebalance(tp: TP) -> int | None:
+            consumer._assignments += 1  # the group reassigned meanwhile (on_partitions_assigned)
+            return await read(tp)
+
+        kafka.committed = committed_during_a_rebalance  # type: ignore[method-assign]
+        await consumer.seek_to_committed()
+        assert sink.told == {} and consumer._sought == {}
+        _, records = await consumer._fetch(timeout=0)
+        assert records is None  # the new assignment's own seek comes next
 
     asyncio.run(go())

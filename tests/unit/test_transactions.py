@@ -156,3 +156,25 @@ def test_fenced_cause_follows_chains_and_the_producers_fatal_error() -> None:
         assert isinstance(fenced_cause(dead, AssertionError("bad state"), FENCED_ERRORS), ProducerFenced)
 
     asyncio.run(go())
+
+
+def test_work_waiting_for_capacity_goes_on_once_revocation_gives_its_lane_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(transactions, "CLOSE_TIMEOUT_SECONDS", 0.2)
+    monkeypatch.setattr(transactions, "MAX_PENDING_OUTPUTS", 1)
+    outputs = [Output("wa.outbound.send", b"k", b"v"), Output("wa.outbound.send", b"k", b"w")]
+
+    async def go() -> None:
+        lanes = _Lanes(_Producer(commit_seconds=3600))
+        await lanes.txns.prepare([0])
+        lanes.txns.submit(0, [], {INPUT: 5})  # its transaction never commits
+        await asyncio.sleep(0)
+        lanes.txns.submit(0, outputs, {INPUT: 7})  # over the limit, behind it
+        waiting = asyncio.create_task(lanes.txns.wait_capacity([0]))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await lanes.txns.close([0])
+        await asyncio.wait_for(waiting, 5)  # the fetch loop would otherwise wait forever
+
+    asyncio.run(go())
