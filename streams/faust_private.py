@@ -451,10 +451,7 @@ class PipelineConsumer(faust_aiokafka.Consumer):
         return {tp.partition for tp in tps if tp.topic in topics}
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
-        # aiokafka made a new position for every assigned partition, kept ones included: none of the
-        # sink's is fetched again before a seek of ours (seek_to_committed, after recovery).
-        self._sought.clear()
-        self._assignments += 1
+        self._new_assignment()
         if self.sink is not None:
             # Fence first, then recover: the partitions' transactional producers start (fencing the
             # previous owner's, which resolves its open transaction) before Faust's recovery reads the
@@ -476,18 +473,28 @@ class PipelineConsumer(faust_aiokafka.Consumer):
         await self._fenced()
         return await super().highwaters(*partitions)
 
-    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+    def _stop_taking(self, revoked: Iterable[TP]) -> None:
+        """Revocation begins: a fetch made before this point is stale from now on (its records are read
+        again from the committed offsets), nothing revoked is fetched until a seek positions it again,
+        and the sink drops what it held of them."""
         self._assignments += 1
+        self._seeks += 1
         for tp in revoked:
             self._sought.pop(tp, None)
         if self.sink is not None:
+            self.sink.on_positions(dict.fromkeys(tp for tp in revoked if tp.topic in self.sink.topics))
+
+    def _new_assignment(self) -> None:
+        """aiokafka made a new position for every assigned partition, kept ones included: none of the
+        sink's is fetched again before a seek of ours (seek_to_committed, after recovery)."""
+        self._sought.clear()
+        self._assignments += 1
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self._stop_taking(revoked)
+        if self.sink is not None:
             with contextlib.suppress(Exception):  # a failed fencing already crashed the worker
                 await self._fenced()  # its lanes are in place before they are closed
-            # Stop taking work first: a fetch made before this point is stale from now on (its records
-            # are read again from the committed offsets), and the sink drops what it held of them.
-            self._seeks += 1
-            ours = {tp for tp in revoked if tp.topic in self.sink.topics}
-            self.sink.on_positions(dict.fromkeys(ours))
             # exactly_once: what was submitted for them is committed, and their producers stopped,
             # before another worker (or this one, after the rebalance) reads their committed offsets.
             await self.sink.on_revoking(self._sink_partitions(revoked))
@@ -553,36 +560,7 @@ class PipelineConsumer(faust_aiokafka.Consumer):
                 if records is None:
                     await self.sleep(0.05)  # nothing to fetch (recovery, or all held back): no spin
                     continue
-                if not self._current(fetched):
-                    self._drop_stale(sum(len(batch) for batch in records.values()))
-                    await self._rewind(
-                        {tp: batch[0].offset for tp, batch in records.items() if batch}, fetched
-                    )
-                    continue
-                sink = self.sink
-                ours: dict[TP, list[Any]] = {}
-                theirs: list[tuple[TP, Message]] = []
-                for tp, batch in records.items():
-                    monitor.track_tp_end_offset(tp, self.highwater(tp))
-                    if sink is not None and tp.topic in sink.topics:
-                        if tp in self._sought:  # (else no longer ours: sought again before it is fetched)
-                            ours[tp] = batch
-                    else:
-                        theirs.extend((tp, self._to_message(tp, record)) for record in batch)
-                if sink is not None:
-                    # Read now, before anything is awaited: where the next fetch starts, past the
-                    # records just returned and past transaction markers (no record stands for those).
-                    positions, views = self._fetch_state(sink.topics)
-                    if ours or positions:
-                        current = functools.partial(self._current, fetched)
-                        await sink.on_fetched(ours, positions, views, current)
-                if theirs:
-                    for tp, batch in records.items():
-                        if batch and (sink is None or tp.topic not in sink.topics):
-                            self._last_changelog_record[tp] = batch[-1].offset
-                    await self._deliver_to_faust(theirs, fetched)
-                if self.read_committed and self._current(fetched):
-                    self._end_recovery_at_markers()
+                await self._handle(fetched, records, monitor)
                 self.diag.unset_flag(CONSUMER_FETCHING)
                 await self.sleep(0)  # let the loop breathe between fetches
         except self.consumer_stopped_errors:
@@ -600,6 +578,38 @@ class PipelineConsumer(faust_aiokafka.Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def _handle(self, fetched: _Fetched, records: Mapping[TP, list[Any]], monitor: Any) -> None:
+        """One fetch's records: the sink's to the sink in one call, Faust's own through its callback;
+        a stale fetch dropped (and rewound where no seek moved its partitions)."""
+        if not self._current(fetched):
+            self._drop_stale(sum(len(batch) for batch in records.values()))
+            await self._rewind({tp: batch[0].offset for tp, batch in records.items() if batch}, fetched)
+            return
+        sink = self.sink
+        ours: dict[TP, list[Any]] = {}
+        theirs: list[tuple[TP, Message]] = []
+        for tp, batch in records.items():
+            monitor.track_tp_end_offset(tp, self.highwater(tp))
+            if sink is not None and tp.topic in sink.topics:
+                if tp in self._sought:  # (else no longer ours: sought again before it is fetched)
+                    ours[tp] = batch
+            else:
+                theirs.extend((tp, self._to_message(tp, record)) for record in batch)
+        if sink is not None:
+            # Read now, before anything is awaited: where the next fetch starts, past the records just
+            # returned and past transaction markers (no record stands for those).
+            positions, views = self._fetch_state(sink.topics)
+            if ours or positions:
+                current = functools.partial(self._current, fetched)
+                await sink.on_fetched(ours, positions, views, current)
+        if theirs:
+            for tp, batch in records.items():
+                if batch and (sink is None or tp.topic not in sink.topics):
+                    self._last_changelog_record[tp] = batch[-1].offset
+            await self._deliver_to_faust(theirs, fetched)
+        if self.read_committed and self._current(fetched):
+            self._end_recovery_at_markers()
 
     def _fetch_state(self, topics: frozenset[str]) -> tuple[dict[TP, int], dict[TP, FetchView]]:
         """What aiokafka's consumer (on Faust's consumer thread) knows of ``topics``' assigned

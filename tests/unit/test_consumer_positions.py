@@ -17,11 +17,14 @@ bookkeeping of positions, seeks and stale fetches).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+import logging
+from collections.abc import Callable, Iterable, Mapping
 from types import SimpleNamespace
 from typing import Any
 
 from faust.types import TP
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.faust_private import PipelineConsumer
 
@@ -37,6 +40,24 @@ class _Positions:
         self.ends = dict(ends)
         self.committed_offsets = dict(committed)
         self.positions: dict[TP, int] = {}
+        self.during_fetch: Callable[[], None] | None = None  # a rebalance while a fetch is out
+        # What _fetch_state reads of aiokafka's internals.
+        self._consumer = self
+        self._subscription = SimpleNamespace(subscription=SimpleNamespace(assignment=self))
+        self._client = SimpleNamespace(cluster=SimpleNamespace(leader_for_partition=lambda tp: 1))
+
+    def state_value(self, tp: TP) -> Any:
+        position = self.positions.get(tp)
+        return SimpleNamespace(
+            has_valid_position=position is not None,
+            position=position,
+            timestamp=None,
+            lso=None,
+            highwater=None,
+        )
+
+    def highwater(self, tp: TP) -> int:
+        return self.ends[tp]
 
     def assign(self, moved_by: int) -> None:
         """A new assignment: positioned at the committed offsets by aiokafka itself, then moved on by
@@ -47,6 +68,11 @@ class _Positions:
         return set(self.positions)
 
     async def getmany(self, active_partitions: Iterable[TP], timeout: float) -> dict[TP, list[Any]]:
+        if self.during_fetch is not None:
+            # The group reassigned while the fetch was out: aiokafka returns the new assignment's
+            # records, from positions of its own.
+            self.during_fetch()
+            self.during_fetch = None
         records: dict[TP, list[Any]] = {}
         for tp in sorted(active_partitions):
             start = self.positions[tp]
@@ -102,6 +128,7 @@ def _consumer(kafka: _Positions, sink: _Sink) -> PipelineConsumer:
     consumer.flow_active = True
     consumer.not_waiting_next_records = asyncio.Event()
     consumer._get_active_partitions = kafka.assignment
+    consumer.log = logging.getLogger("test.consumer")
     return consumer  # type: ignore[no-any-return]
 
 
@@ -194,5 +221,118 @@ def test_a_seek_that_a_rebalance_overtakes_marks_nothing_sought() -> None:
         assert sink.told == {} and consumer._sought == {}
         _, records = await consumer._fetch(timeout=0)
         assert records is None  # the new assignment's own seek comes next
+
+    asyncio.run(go())
+
+
+# -- every interleaving: the sink never gets a record it was not told to expect ------------------------
+
+SINK_PARTITIONS = [IN0, IN1]
+END = 40
+
+
+class _CheckingSink(_Sink):
+    """Asserts what the pipeline relies on: each partition's records arrive in order from the position
+    it was last told, with no gap, and the positions it is given are where its next records start."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expected: dict[TP, int] = {}  # where each partition's next record must start
+
+    def on_positions(self, positions: Mapping[TP, int | None]) -> None:
+        super().on_positions(positions)
+        for tp, offset in positions.items():
+            if offset is None:
+                self.expected.pop(tp, None)
+            else:
+                self.expected[tp] = offset
+
+    async def on_fetched(
+        self, batches: Mapping[TP, list[Any]], positions: Mapping[TP, int], views: Any, current: Any
+    ) -> None:
+        for tp, batch in batches.items():
+            assert tp in self.expected, f"{tp}: records from offset {batch[0].offset}, no position told"
+            offsets = [record.offset for record in batch]
+            want = list(range(self.expected[tp], self.expected[tp] + len(batch)))
+            assert offsets == want, f"{tp}: got {offsets}, expected from {self.expected[tp]}"
+            self.expected[tp] = offsets[-1] + 1
+        for tp, position in positions.items():
+            assert position == self.expected.get(tp), f"{tp}: position {position}, expected {self.expected}"
+
+
+def _rebalance(consumer: PipelineConsumer, kafka: _Positions, drift: int) -> None:
+    """Everything revoked, everything assigned again (aiokafka's eager protocol), aiokafka positioning
+    the new assignment itself at the committed offsets moved on by ``drift``."""
+    consumer._stop_taking(set(kafka.positions))
+    consumer._new_assignment()
+    kafka.assign(moved_by=drift)
+    for tp in kafka.positions:
+        kafka.positions[tp] = min(kafka.positions[tp], END)
+
+
+_OPS = st.one_of(
+    st.tuples(st.just("fetch"), st.none() | st.integers(0, 6)),  # (a rebalance while it is out, drift)
+    st.tuples(st.just("fetch_while_flow_stops"), st.none()),  # stale without a seek: must be read again
+    st.tuples(st.just("rebalance"), st.integers(0, 6)),
+    st.tuples(st.just("seek_to_committed"), st.none()),
+    st.tuples(st.just("seek"), st.tuples(st.sampled_from(SINK_PARTITIONS), st.integers(0, END))),
+    st.tuples(st.just("commit"), st.none()),
+    st.tuples(st.just("forget"), st.sampled_from(SINK_PARTITIONS)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=st.lists(_OPS, min_size=1, max_size=40))
+def test_in_any_interleaving_the_sink_reads_each_partition_from_where_it_was_told(
+    ops: list[tuple[str, Any]],
+) -> None:
+    """Rebalances (between fetches, or while one is out, with aiokafka's own positions moved on by a
+    dropped fetch), seeks, commits of what was processed, fenced partitions: every record the sink gets
+    continues exactly where it was told its partition is, and once the group settles (a last
+    seek_to_committed, as Faust's recovery does after every assignment) every partition is read to
+    its end."""
+
+    async def go() -> None:
+        kafka = _Positions(dict.fromkeys(SINK_PARTITIONS, END), dict.fromkeys(SINK_PARTITIONS, 0))
+        kafka.assign(moved_by=0)
+        sink = _CheckingSink()
+        consumer = _consumer(kafka, sink)
+        monitor = SimpleNamespace(track_tp_end_offset=lambda tp, offset: None)
+
+        async def fetch() -> None:
+            fetched, records = await consumer._fetch(timeout=0)
+            if records:
+                await consumer._handle(fetched, records, monitor)
+
+        for op, arg in ops:
+            if op == "fetch":
+                if arg is not None:
+                    kafka.during_fetch = lambda drift=arg: _rebalance(consumer, kafka, drift)
+                await fetch()
+                kafka.during_fetch = None  # (nothing was fetched: the rebalance did not happen)
+            elif op == "fetch_while_flow_stops":
+
+                def stop() -> None:
+                    consumer.flow_active = False
+
+                kafka.during_fetch = stop
+                await fetch()
+                kafka.during_fetch = None
+                consumer.flow_active = True
+            elif op == "rebalance":
+                _rebalance(consumer, kafka, arg)
+            elif op == "seek_to_committed":
+                await consumer.seek_to_committed()
+            elif op == "seek":
+                await consumer.seek_wait({arg[0]: arg[1]})
+            elif op == "commit":  # the lanes commit what was processed
+                kafka.committed_offsets.update(sink.expected)
+            elif op == "forget":
+                consumer.forget_positions([arg])
+                sink.on_positions({arg: None})
+        await consumer.seek_to_committed()
+        for _ in range(2 * END // PER_FETCH + 2):
+            await fetch()
+        assert sink.expected == dict.fromkeys(SINK_PARTITIONS, END)
 
     asyncio.run(go())
