@@ -26,6 +26,7 @@ from streams.policy.templates import Registry
 from streams.sensors import LeanMonitor
 from streams.settings import Settings
 from streams.topology import CONTACT_STATE_TABLE, Topology, topology
+from streams.web.auth import bearer_refusal
 
 
 @dataclass
@@ -72,6 +73,10 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
         web_host=settings.web_advertised_host or settings.web_host,
         web_port=settings.web_port,
         web_in_thread=False,
+        # Faust's own views list every table key and the cluster's routing: off (the window API routes
+        # by Faust's router service, not by these views).
+        web_router_enabled=False,
+        web_tables_enabled=False,
         monitor=LeanMonitor(),
     )
 
@@ -132,8 +137,15 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
     for task in (follow_registry, open_pipeline, ordering_rounds, window_events):
         app.task(task)  # on every worker, for as long as it runs
 
+    window_token = settings.window_api_secret()
+
     @app.page("/windows/{phone_number_id}/{user}")
     async def window_page(view: Any, request: Any, **_: Any) -> Any:
+        refusal = bearer_refusal(request.headers.get("Authorization"), window_token)
+        if refusal is not None:
+            status = 404 if window_token is None else 401
+            headers = {"WWW-Authenticate": 'Bearer realm="wagate window API"'} if status == 401 else {}
+            return view.json({"error": refusal}, status=status, headers=headers)
         # A group is asked for as /windows/<phone_number_id>/group:<group_id>: the contact key either way.
         key = contact_key(request.match_info["phone_number_id"], request.match_info["user"])
         try:

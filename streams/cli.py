@@ -20,12 +20,14 @@ WEBHOOK_HELP = """\
 Answers Meta's webhook calls on WAGATE_WEBHOOK_HOST:WAGATE_WEBHOOK_PORT (default 127.0.0.1:8080),
 path WAGATE_WEBHOOK_PATH (default /webhook):
   GET   the verification handshake: echoes hub.challenge when hub.verify_token equals
-        WAGATE_WEBHOOK_VERIFY_TOKEN (403 otherwise)
+        WAGATE_WEBHOOK_VERIFY_TOKEN (403 otherwise; unset: always 403; set but empty: refused at start)
   POST  checks X-Hub-Signature-256 against WAGATE_WEBHOOK_APP_SECRET (required; 401 missing,
         403 wrong), then writes the body byte for byte to wa.webhooks with acks=all before it answers
         200; 503 when Kafka does not ack within WAGATE_WEBHOOK_PRODUCE_TIMEOUT_SECONDS (Meta retries);
         413 over WAGATE_WEBHOOK_MAX_BODY_BYTES
-  GET /metrics, GET /health
+  Access log lines name the route, never the path or query (the token, identifiers).
+GET /metrics and GET /health are served apart, on WAGATE_WEBHOOK_ADMIN_HOST:WAGATE_WEBHOOK_ADMIN_PORT
+(default 127.0.0.1:8081), so that only Prometheus and the kubelet need to reach them.
 The gate's workers normalize wa.webhooks into wa.inbound and wa.templates.
 """
 
@@ -105,8 +107,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_webhook(args: argparse.Namespace) -> int:
     settings = _settings()
-    from streams.web.receiver import run_receiver
+    from streams.web.receiver import check_secrets, run_receiver
 
+    try:
+        check_secrets(settings)
+    except ValueError as exc:
+        sys.exit(f"wagate webhook: {exc}")
     # Kafka away: the receiver starts anyway and answers 503 (Meta retries) until it is back; a login
     # or TLS trust to fix stops it (answering 503 for ever would hide it).
     _check_kafka(settings, "wagate webhook", start_when_unreachable=True)
@@ -157,9 +163,18 @@ def cmd_window(args: argparse.Namespace) -> int:
         urllib.parse.quote(part, safe=":") for part in (args.phone_number_id, args.user)
     )
     url = f"http://{settings.web_host}:{settings.web_port}{path}"
+    token = settings.window_api_secret()
+    if token is None:
+        sys.exit(
+            "wagate window: WAGATE_WINDOW_API_TOKEN (or WAGATE_WINDOW_API_TOKEN_FILE) is not set: the "
+            "window API needs the token the workers were given"
+        )
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token.decode()}"})
     try:
-        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
             report = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        sys.exit(f"wagate window: {url} answered {exc.code}: {exc.read().decode(errors='replace')}")
     except (urllib.error.URLError, OSError) as exc:
         sys.exit(
             f"wagate window: no gate worker answered at {url} ({exc}); start one (`make run`) or set "

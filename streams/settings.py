@@ -104,6 +104,15 @@ class Settings(BaseSettings):
         "name in Kubernetes); default web_host",
     )
     web_port: int = Field(default=6066, ge=1, le=65535, description="port of /metrics")
+    window_api_token: SecretStr | None = Field(
+        default=None,
+        description="bearer token the window API requires (Authorization: Bearer <token>); the same on "
+        "every worker (they forward requests to each other). Unset (and no _FILE): the window API is off",
+    )
+    window_api_token_file: Path | None = Field(
+        default=None,
+        description="a file holding the window API's token (a mounted Secret), instead of the variable",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="worker log level (payloads are never logged)"
     )
@@ -228,11 +237,21 @@ class Settings(BaseSettings):
     webhook_host: str = Field(default="127.0.0.1", description="address the webhook receiver binds to")
     webhook_port: int = Field(default=8080, ge=1, le=65535, description="port of the webhook receiver")
     webhook_path: str = Field(default="/webhook", description="URL path Meta calls (callback URL path)")
+    webhook_admin_host: str = Field(
+        default="127.0.0.1",
+        description="address of the receiver's /metrics and /health (0.0.0.0 in a container): apart from "
+        "the public webhook port, so only Prometheus and the kubelet need to reach it",
+    )
+    webhook_admin_port: int = Field(
+        default=8081, ge=1, le=65535, description="port of the receiver's /metrics and /health"
+    )
     webhook_app_secret: SecretStr | None = Field(
         default=None, description="Meta app secret: X-Hub-Signature-256 is checked against it (required)"
     )
     webhook_verify_token: SecretStr | None = Field(
-        default=None, description="the verify token set in Meta's webhook settings, for the GET handshake"
+        default=None,
+        description="the verify token set in Meta's webhook settings, for the GET handshake (unset: every "
+        "handshake is refused; set but empty: refused at start-up)",
     )
     webhook_max_body_bytes: int = Field(
         default=1_048_576, ge=1024, description="larger bodies get 413 (Meta's are a few KB)"
@@ -267,6 +286,33 @@ class Settings(BaseSettings):
     def _phone_number_wabas(cls, value: str) -> str:
         parse_phone_number_wabas(value)
         return value
+
+    def window_api_secret(self) -> bytes | None:
+        """The window API's token (from the file when one is named), or None: the API is off."""
+        if self.window_api_token_file is not None:
+            return self.window_api_token_file.read_text().strip().encode()
+        return None if self.window_api_token is None else self.window_api_token.get_secret_value().encode()
+
+    @model_validator(mode="after")
+    def _window_api_token(self) -> Settings:
+        if self.window_api_token is not None and self.window_api_token_file is not None:
+            raise ValueError("set WAGATE_WINDOW_API_TOKEN or WAGATE_WINDOW_API_TOKEN_FILE, not both")
+        if self.window_api_token_file is not None and not self.window_api_token_file.is_file():
+            raise ValueError(
+                f"WAGATE_WINDOW_API_TOKEN_FILE={self.window_api_token_file} is not a readable file"
+            )
+        token = self.window_api_secret()
+        if token is not None and len(token) < 16:
+            source = (
+                "WAGATE_WINDOW_API_TOKEN_FILE's content"
+                if self.window_api_token_file
+                else "WAGATE_WINDOW_API_TOKEN"
+            )
+            raise ValueError(
+                f"{source} is {'empty' if not token else 'shorter than 16 characters'}: the window API "
+                "answers anyone who has it (e.g. `openssl rand -hex 24`); unset it to turn the API off"
+            )
+        return self
 
     @model_validator(mode="after")
     def _kafka_security(self) -> Settings:

@@ -12,9 +12,11 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import signal
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
@@ -103,16 +105,46 @@ class KafkaSink:
         await self.reset()
 
 
-def create_receiver(settings: Settings, sink: KafkaSink | None = None) -> web.Application:
+class AccessLog(AbstractAccessLogger):
+    """One line per request, without anything a request carries: the route's pattern (never the path
+    or query string, which hold the verify token, phone numbers and BSUIDs), status, size, duration."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        match_info = getattr(request, "match_info", None)
+        route = getattr(match_info, "route", None)
+        resource = getattr(route, "resource", None)
+        pattern = resource.canonical if resource is not None else "(no route)"
+        self.logger.info(
+            "%s %s %d %dB %.1fms", request.method, pattern, response.status, response.body_length, time * 1000
+        )
+
+
+def check_secrets(settings: Settings) -> tuple[bytes, bytes | None]:
+    """The app secret and the verify token (None: unset, every handshake refused). An empty one is a
+    mistake (an unset variable in a manifest): refused, naming the setting."""
     if settings.webhook_app_secret is None or not settings.webhook_app_secret.get_secret_value():
         raise ValueError(
             "WAGATE_WEBHOOK_APP_SECRET is not set: the receiver checks every POST's X-Hub-Signature-256 "
             "against your Meta app secret (App settings > Basic > App secret)"
         )
-    secret = settings.webhook_app_secret.get_secret_value().encode()
-    verify_token = settings.webhook_verify_token
+    token = settings.webhook_verify_token
+    if token is not None and not token.get_secret_value():
+        raise ValueError(
+            "WAGATE_WEBHOOK_VERIFY_TOKEN is set but empty: an empty token would answer anyone's handshake. "
+            "Set it to the verify token of Meta's webhook settings, or unset it to refuse every handshake"
+        )
+    return settings.webhook_app_secret.get_secret_value().encode(), (
+        None if token is None else token.get_secret_value().encode()
+    )
+
+
+def create_receiver(
+    settings: Settings, sink: KafkaSink | None = None, metrics: ReceiverMetrics | None = None
+) -> web.Application:
+    """The public side: Meta's handshake and POSTs on ``webhook_path``, nothing else."""
+    secret, verify_token = check_secrets(settings)
     sink = sink or KafkaSink(settings)
-    metrics = ReceiverMetrics()
+    metrics = metrics or ReceiverMetrics()
     max_body = settings.webhook_max_body_bytes
 
     def answer(outcome: str, status: int, text: str) -> web.Response:
@@ -124,9 +156,7 @@ def create_receiver(settings: Settings, sink: KafkaSink | None = None) -> web.Ap
         if query.get("hub.mode") != "subscribe" or "hub.challenge" not in query:
             return answer("handshake_refused", 400, "expected hub.mode=subscribe and hub.challenge")
         given = query.get("hub.verify_token", "")
-        if verify_token is None or not hmac.compare_digest(
-            given.encode(), verify_token.get_secret_value().encode()
-        ):
+        if verify_token is None or not hmac.compare_digest(given.encode(), verify_token):
             return answer(
                 "handshake_refused", 403, "hub.verify_token does not match WAGATE_WEBHOOK_VERIFY_TOKEN"
             )
@@ -170,6 +200,20 @@ def create_receiver(settings: Settings, sink: KafkaSink | None = None) -> web.Ap
             return answer("kafka_unavailable", 503, "Kafka unavailable, retry later")
         return answer("accepted", 200, "ok")
 
+    async def on_cleanup(app: web.Application) -> None:
+        await sink.close()
+
+    # aiohttp's own limit as well: a body without Content-Length (chunked) is cut off at read time.
+    app = web.Application(client_max_size=max_body)
+    app.router.add_get(settings.webhook_path, handshake)
+    app.router.add_post(settings.webhook_path, receive)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+def create_admin(metrics: ReceiverMetrics) -> web.Application:
+    """The private side: /metrics for Prometheus and /health for the kubelet, on a port of its own."""
+
     async def metrics_page(request: web.Request) -> web.Response:
         return web.Response(
             body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
@@ -178,29 +222,53 @@ def create_receiver(settings: Settings, sink: KafkaSink | None = None) -> web.Ap
     async def health(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    async def on_cleanup(app: web.Application) -> None:
-        await sink.close()
-
-    # aiohttp's own limit as well: a body without Content-Length (chunked) is cut off at read time.
-    app = web.Application(client_max_size=max_body)
-    app.router.add_get(settings.webhook_path, handshake)
-    app.router.add_post(settings.webhook_path, receive)
+    app = web.Application()
     app.router.add_get("/metrics", metrics_page)
     app.router.add_get("/health", health)
-    app.on_cleanup.append(on_cleanup)
     return app
+
+
+async def serve_receiver(settings: Settings, stop: asyncio.Event) -> None:
+    """Both sides until ``stop`` is set."""
+    metrics = ReceiverMetrics()
+    runners = [
+        web.AppRunner(create_receiver(settings, metrics=metrics), access_log_class=AccessLog),
+        web.AppRunner(create_admin(metrics), access_log_class=AccessLog),
+    ]
+    places = [
+        (settings.webhook_host, settings.webhook_port),
+        (settings.webhook_admin_host, settings.webhook_admin_port),
+    ]
+    try:
+        for runner, (host, port) in zip(runners, places, strict=True):
+            await runner.setup()
+            await web.TCPSite(runner, host, port).start()
+        log.info(
+            "webhook receiver on http://%s:%d%s -> %s; /metrics and /health on http://%s:%d",
+            settings.webhook_host,
+            settings.webhook_port,
+            settings.webhook_path,
+            topology(settings).webhooks.name,
+            settings.webhook_admin_host,
+            settings.webhook_admin_port,
+        )
+        await stop.wait()
+    finally:
+        for runner in runners:
+            await runner.cleanup()
 
 
 def run_receiver(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper())
     use_format(settings.log_format)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)  # its retry noise during an outage says nothing new
-    app = create_receiver(settings)
-    log.info(
-        "webhook receiver on http://%s:%d%s -> %s",
-        settings.webhook_host,
-        settings.webhook_port,
-        settings.webhook_path,
-        topology(settings).webhooks.name,
-    )
-    web.run_app(app, host=settings.webhook_host, port=settings.webhook_port, print=None)
+    check_secrets(settings)  # before anything binds
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await serve_receiver(settings, stop)
+
+    asyncio.run(main())

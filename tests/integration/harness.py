@@ -25,6 +25,7 @@ from streams.topology import topology
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
+WINDOW_API_TOKEN = "window-api-token-for-tests"  # every test worker's WAGATE_WINDOW_API_TOKEN
 T = TypeVar("T")
 
 
@@ -108,6 +109,7 @@ class Worker:
             WAGATE_PARTITIONS=str(settings.partitions),
             WAGATE_WEB_PORT=str(settings.web_port),
             WAGATE_LOG_LEVEL="info",
+            WAGATE_WINDOW_API_TOKEN=WINDOW_API_TOKEN,
             **env,
         )
         self.proc: subprocess.Popen[bytes] | None = None

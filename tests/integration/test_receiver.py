@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from streams.settings import Settings
@@ -29,11 +30,13 @@ MAX_BODY = 8192
 class Receiver:
     def __init__(self, bootstrap: str, prefix: str, log_path: Path, **extra_env: str) -> None:
         self.port = free_port()
+        self.admin_port = free_port()
         env = dict(
             os.environ,
             KAFKA_BOOTSTRAP_SERVERS=bootstrap,
             WAGATE_TOPIC_PREFIX=prefix,
             WAGATE_WEBHOOK_PORT=str(self.port),
+            WAGATE_WEBHOOK_ADMIN_PORT=str(self.admin_port),
             WAGATE_WEBHOOK_APP_SECRET=SECRET.decode(),
             WAGATE_WEBHOOK_VERIFY_TOKEN=TOKEN,
             WAGATE_WEBHOOK_MAX_BODY_BYTES=str(MAX_BODY),
@@ -51,7 +54,7 @@ class Receiver:
         deadline = time.monotonic() + 30
         while True:
             try:
-                if self.call("GET", "/health")[0] == 200:
+                if self.call("GET", "/health", port=self.admin_port)[0] == 200:
                     return
             except OSError:
                 pass
@@ -61,10 +64,15 @@ class Receiver:
             time.sleep(0.2)
 
     def call(
-        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        port: int | None = None,
     ) -> tuple[int, str]:
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", data=body, method=method, headers=headers or {}
+            f"http://127.0.0.1:{port or self.port}{path}", data=body, method=method, headers=headers or {}
         )
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
@@ -81,7 +89,7 @@ class Receiver:
         return self.call("POST", "/webhook", body, headers)
 
     def outcomes(self) -> str:
-        return self.call("GET", "/metrics")[1]
+        return self.call("GET", "/metrics", port=self.admin_port)[1]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -109,6 +117,38 @@ def test_handshake_answers_the_challenge_only_with_the_right_token(receiver: Rec
     assert ok == (200, "1158201444")
     assert receiver.call("GET", "/webhook?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=1")[0] == 403
     assert receiver.call("GET", "/webhook?hub.verify_token=x")[0] == 400
+
+
+def test_no_secret_and_no_identifier_reaches_the_log_even_at_debug(gate: Gate, workdir: Path) -> None:
+    """Meta's handshake carries the verify token in its query string and a POST's body carries phone
+    numbers; aiohttp's default access log writes the request line. Every line, at DEBUG, is checked."""
+    log_path = workdir / f"receiver-debug-{uuid.uuid4().hex[:6]}.log"
+    receiver = Receiver(
+        gate.settings.kafka_bootstrap_servers, gate.prefix, log_path, WAGATE_LOG_LEVEL="debug"
+    )
+    try:
+        handshake = f"/webhook?hub.mode=subscribe&hub.verify_token={TOKEN}&hub.challenge=31337"
+        assert receiver.call("GET", handshake) == (200, "31337")
+        assert (
+            receiver.call("GET", "/webhook?hub.mode=subscribe&hub.verify_token=guess&hub.challenge=1")[0]
+            == 403
+        )
+        body = next(b for name, b in sorted(fixture_bodies().items()) if name.endswith("textMessage.json"))
+        assert receiver.post(body) == (200, "ok")
+        wa_id = orjson.loads(body)["entry"][0]["changes"][0]["value"]["contacts"][0]["wa_id"]
+    finally:
+        receiver.stop()
+    logged = log_path.read_text(errors="replace")
+    assert "GET /webhook 200" in logged and "POST /webhook 200" in logged  # the requests are logged...
+    for secret in (TOKEN, "guess", SECRET.decode(), sign(body, SECRET), "hub.verify_token", wa_id, "31337"):
+        assert secret not in logged, f"{secret!r} is in the receiver's log"  # ...without what they carry
+
+
+def test_metrics_and_health_are_served_apart_from_the_public_port(receiver: Receiver) -> None:
+    assert receiver.call("GET", "/metrics")[0] == 404
+    assert receiver.call("GET", "/health")[0] == 404
+    assert receiver.call("GET", "/health", port=receiver.admin_port) == (200, "ok")
+    assert "wagate_webhook_requests" in receiver.outcomes()
 
 
 def test_signed_bodies_reach_wa_webhooks_byte_for_byte_and_bad_ones_do_not(

@@ -12,18 +12,29 @@ from streams.models import WindowReport
 from streams.policy.keys import partition_for
 
 from .conftest import inbound, text_request
-from .harness import Gate, Worker, wagate
+from .harness import WINDOW_API_TOKEN, Gate, Worker, wagate
 from .test_contacts import BSUID, PARENT, PHONE, v25
 
 HOUR = 3600.0
 
 
-def ask(port: int, pnid: str, user: str) -> dict[str, Any] | None:
+def ask(port: int, pnid: str, user: str, token: str | None = WINDOW_API_TOKEN) -> dict[str, Any] | None:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/windows/{pnid}/{user}", headers=headers)
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/windows/{pnid}/{user}", timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10) as response:
             return dict(json.loads(response.read()))
     except (urllib.error.URLError, OSError):
         return None  # mid-rebalance a worker may answer 503
+
+
+def refused(port: int, path: str, headers: dict[str, str]) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
 
 
 def test_both_workers_answer_for_every_contact_and_the_cli_prints_it(
@@ -61,7 +72,9 @@ def test_both_workers_answer_for_every_contact_and_the_cli_prints_it(
     assert abs(opened["expires_at"] - (now - HOUR + 86_400)) < 1.5 and opened["seconds_left"] > 0
     assert opened["marketing_opted_out"] is False and opened["free_entry_point_until"] is None
 
-    cli = wagate("window", pnid, "never", WAGATE_WEB_PORT=str(ports[1]))
+    cli = wagate(
+        "window", pnid, "never", WAGATE_WEB_PORT=str(ports[1]), WAGATE_WINDOW_API_TOKEN=WINDOW_API_TOKEN
+    )
     assert cli.returncode == 0, cli.stderr
     assert "none" in cli.stdout and "only templates can start the conversation" in cli.stdout
 
@@ -73,7 +86,18 @@ def test_both_workers_answer_for_every_contact_and_the_cli_prints_it(
             assert report is not None and report["contact"] == f"{pnid}:{PHONE}", (port, identifier, report)
             assert report["state"] == "open" and report["identifiers"] == [PHONE, PARENT, BSUID]
             assert report["asked_as"] == (None if identifier == PHONE else identifier)
-    cli = wagate("window", pnid, BSUID, WAGATE_WEB_PORT=str(ports[0]))
+    # Without the token, from either worker (one of them would forward it): 401, saying what to send;
+    # Faust's own views of the table and the routing are off.
+    for port in ports:
+        status, said = refused(port, f"/windows/{pnid}/{users[0]}", {})
+        assert status == 401 and "Authorization header missing" in said, (status, said)
+        status, said = refused(port, f"/windows/{pnid}/{users[0]}", {"Authorization": "Bearer guess"})
+        assert status == 401 and "not WAGATE_WINDOW_API_TOKEN" in said, (status, said)
+        assert refused(port, "/table/", {})[0] == 404
+        assert refused(port, "/router/", {})[0] == 404
+    cli = wagate(
+        "window", pnid, BSUID, WAGATE_WEB_PORT=str(ports[0]), WAGATE_WINDOW_API_TOKEN=WINDOW_API_TOKEN
+    )
     assert cli.returncode == 0, cli.stderr
     assert f"{pnid}:{PHONE}: open" in cli.stdout and f"(asked as {BSUID})" in cli.stdout
 

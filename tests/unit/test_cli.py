@@ -50,10 +50,21 @@ def test_the_webhook_receiver_refuses_to_start_without_the_app_secret() -> None:
     assert "WAGATE_WEBHOOK_APP_SECRET is not set" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_the_webhook_receiver_refuses_an_empty_verify_token() -> None:
+    result = wagate("webhook", WAGATE_WEBHOOK_APP_SECRET="s3cret", WAGATE_WEBHOOK_VERIFY_TOKEN="")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "WAGATE_WEBHOOK_VERIFY_TOKEN is set but empty" in result.stderr
+
+
 def test_webhook_help_names_its_settings() -> None:
     result = wagate("webhook", "--help")
     assert result.returncode == 0
-    for variable in ("WAGATE_WEBHOOK_APP_SECRET", "WAGATE_WEBHOOK_VERIFY_TOKEN", "WAGATE_WEBHOOK_PORT"):
+    for variable in (
+        "WAGATE_WEBHOOK_APP_SECRET",
+        "WAGATE_WEBHOOK_VERIFY_TOKEN",
+        "WAGATE_WEBHOOK_PORT",
+        "WAGATE_WEBHOOK_ADMIN_PORT",
+    ):
         assert variable in result.stdout
 
 
