@@ -2,6 +2,7 @@
 ``isolation.level=read_committed`` (the gate writes its decisions in Kafka transactions; a
 read_committed reader sees exactly one decision per request across any crash of the gate).
 
+    pip install confluent-kafka   # or: pip install -e '.[examples]' in this repository
     python examples/read_decisions.py --bootstrap 127.0.0.1:9092 --group my-sender
 
 Prints each decision as one JSON line: route (send | template | rejected), reason, request_id, and

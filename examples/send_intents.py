@@ -8,6 +8,7 @@ partition than its contact's state, and the gate has to re-produce it first (cou
 node-rdkafka; kafkajs needs its ``Partitioners.DefaultPartitioner`` (murmur2), sarama
 ``NewHashPartitioner`` is FNV: use a murmur2 one (e.g. sarama's ``WithCustomHashFunction``).
 
+    pip install confluent-kafka   # or: pip install -e '.[examples]' in this repository
     python examples/send_intents.py --bootstrap 127.0.0.1:9092 --phone-number-id 1234 --to 4915112345678
 
 Prints each request_id it published, one per line.

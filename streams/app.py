@@ -5,13 +5,16 @@ This is the only module that knows how the parts are wired together.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import quote
 
 import faust
 import orjson
+from aiohttp import web as aiohttp_web
 from faust.exceptions import SameNode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -163,21 +166,67 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
                 return view.bytes(b"", status=307, headers={"Location": location})
             return view.bytes(report.__pydantic_serializer__.to_json(report), content_type="application/json")
 
-    @app.page("/health")
-    async def health_page(view: Any, request: Any) -> Any:
-        # Liveness: the event loop answers. Cheap on purpose (a probe every few seconds).
-        return view.text("ok")
-
-    @app.page("/ready")
-    async def ready_page(view: Any, request: Any) -> Any:
+    def ready() -> tuple[int, bytes]:
         # Readiness: recovery done, the template registry read, the producers connected.
         checks = runner.readiness()
-        body = orjson.dumps({"ready": all(checks.values()), "checks": checks})
-        return view.bytes(body, content_type="application/json", status=200 if all(checks.values()) else 503)
+        return 200 if all(checks.values()) else 503, orjson.dumps(
+            {"ready": all(checks.values()), "checks": checks}
+        )
 
-    @app.page("/metrics")
-    async def metrics_page(web: Any, request: Any) -> Any:
-        # aiohttp refuses a charset inside content_type, so the full Prometheus type goes in as a header.
-        return web.bytes(generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    if settings.admin_port is None:
+        # Beside the window API, on Faust's web server.
+
+        @app.page("/health")
+        async def health_page(view: Any, request: Any) -> Any:
+            # Liveness: the event loop answers. Cheap on purpose (a probe every few seconds).
+            return view.text("ok")
+
+        @app.page("/ready")
+        async def ready_page(view: Any, request: Any) -> Any:
+            status, body = ready()
+            return view.bytes(body, content_type="application/json", status=status)
+
+        @app.page("/metrics")
+        async def metrics_page(web: Any, request: Any) -> Any:
+            # aiohttp refuses a charset inside content_type, so the full Prometheus type goes in as a header.
+            return web.bytes(generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    else:
+        admin_port = settings.admin_port
+        admin_host = settings.web_bind or settings.web_host
+
+        async def admin_server() -> None:
+            # Apart from the window API: Prometheus and the kubelet reach this port, API clients the other.
+            runner_ = aiohttp_web.AppRunner(admin_app(ready, lambda: generate_latest(metrics.registry)))
+            await runner_.setup()
+            try:
+                await aiohttp_web.TCPSite(runner_, admin_host, admin_port).start()
+                await asyncio.Event().wait()  # until the worker stops (the task is cancelled)
+            finally:
+                await runner_.cleanup()
+
+        app.task(admin_server)
 
     return GateApp(app=app, topo=topo, runner=runner, metrics=metrics)
+
+
+def admin_app(
+    ready: Callable[[], tuple[int, bytes]], metrics_page: Callable[[], bytes]
+) -> aiohttp_web.Application:
+    """/health, /ready and /metrics on a port of their own (WAGATE_ADMIN_PORT)."""
+
+    async def health(request: aiohttp_web.Request) -> aiohttp_web.Response:
+        return aiohttp_web.Response(text="ok")
+
+    async def ready_(request: aiohttp_web.Request) -> aiohttp_web.Response:
+        status, body = ready()
+        return aiohttp_web.Response(body=body, status=status, content_type="application/json")
+
+    async def metrics_(request: aiohttp_web.Request) -> aiohttp_web.Response:
+        return aiohttp_web.Response(body=metrics_page(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    web_app = aiohttp_web.Application()
+    web_app.router.add_get("/health", health)
+    web_app.router.add_get("/ready", ready_)
+    web_app.router.add_get("/metrics", metrics_)
+    return web_app

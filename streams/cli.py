@@ -194,6 +194,26 @@ def cmd_window(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """The container's HEALTHCHECK: /health of whichever process runs here (a worker on its admin or
+    web port, the receiver on its admin port), asked on 127.0.0.1."""
+    import urllib.error
+    import urllib.request
+
+    settings = _settings()
+    ports = [settings.admin_port or settings.web_port, settings.webhook_admin_port]
+    for port in ports:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=args.timeout) as response:
+                if response.status == 200:
+                    print(f"healthy: /health on port {port}")
+                    return 0
+        except (urllib.error.URLError, OSError):
+            continue
+    print(f"unhealthy: no /health answered on 127.0.0.1 ports {ports}", file=sys.stderr)
+    return 1
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from streams.dashboard import DASHBOARD_PATH, render
 
@@ -279,6 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
         description=WEBHOOK_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     ).set_defaults(func=cmd_webhook)
+    health = sub.add_parser(
+        "health",
+        help="exit 0 if the worker or receiver in this container answers /health (the image's HEALTHCHECK)",
+        description="Asks 127.0.0.1 on WAGATE_ADMIN_PORT (or WAGATE_WEB_PORT) for a worker, then "
+        "WAGATE_WEBHOOK_ADMIN_PORT for the receiver; exit 0 when either answers 200.",
+    )
+    health.add_argument("--timeout", type=float, default=3.0)
+    health.set_defaults(func=cmd_health)
     dashboard = sub.add_parser("dashboard", help="write the Grafana dashboard JSON from streams/dashboard.py")
     dashboard.add_argument("--out", default=None, help="default: deploy/grafana/dashboards/wagate.json")
     dashboard.add_argument("--check", action="store_true", help="exit 1 if the file differs from the code")

@@ -103,7 +103,20 @@ class Settings(BaseSettings):
         description="host name other workers use to reach this one (window API routing; a pod's DNS "
         "name in Kubernetes); default web_host",
     )
-    web_port: int = Field(default=6066, ge=1, le=65535, description="port of /metrics")
+    web_port: int = Field(
+        default=6066,
+        ge=1,
+        le=65535,
+        description="port of the window API (and of /metrics, /health, /ready "
+        "unless WAGATE_ADMIN_PORT moves them)",
+    )
+    admin_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="serve /metrics, /health and /ready on this port (bound to WAGATE_WEB_BIND or "
+        "WAGATE_WEB_HOST) instead of the window API's, so a NetworkPolicy can open one and not the other",
+    )
     window_api_token: SecretStr | None = Field(
         default=None,
         description="bearer token the window API requires (Authorization: Bearer <token>); the same on "

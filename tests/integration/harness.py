@@ -110,6 +110,7 @@ class Worker:
             WAGATE_WEB_PORT=str(settings.web_port),
             WAGATE_LOG_LEVEL="info",
             WAGATE_WINDOW_API_TOKEN=WINDOW_API_TOKEN,
+            **({"WAGATE_ADMIN_PORT": str(settings.admin_port)} if settings.admin_port else {}),
             **env,
         )
         self.proc: subprocess.Popen[bytes] | None = None
@@ -148,7 +149,7 @@ class Worker:
             time.sleep(0.2)
 
     def metrics_text(self) -> str:
-        url = f"http://127.0.0.1:{self.settings.web_port}/metrics"
+        url = f"http://127.0.0.1:{self.settings.admin_port or self.settings.web_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as response:
             return str(response.read().decode())
 

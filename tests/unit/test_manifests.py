@@ -21,7 +21,7 @@ TESTED_COMMANDS = {"worker", "webhook"}  # tests/integration/harness.py's Worker
 
 def _k8s_objects() -> list[dict[str, Any]]:
     objects = []
-    for path in sorted(KUBERNETES.glob("*.yaml")):
+    for path in sorted(KUBERNETES.rglob("*.yaml")):
         objects += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
     return objects
 
@@ -50,7 +50,14 @@ def test_every_kubernetes_object_is_valid_for_its_kind() -> None:
     version = _newest_kubernetes_version()
     objects = _k8s_objects()
     kinds = {obj["kind"] for obj in objects}
-    assert {"StatefulSet", "Service", "Deployment", "PodDisruptionBudget", "ConfigMap"} <= kinds
+    assert {
+        "StatefulSet",
+        "Service",
+        "Deployment",
+        "PodDisruptionBudget",
+        "ConfigMap",
+        "NetworkPolicy",
+    } <= kinds
     assert {"ServiceMonitor", "PrometheusRule"} <= kinds
     for obj in objects:
         if obj["apiVersion"].startswith("monitoring.coreos.com/"):
@@ -99,3 +106,110 @@ def test_the_image_runs_the_cli_as_an_unprivileged_user_with_state_on_a_volume()
     for copied in re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile, re.M):
         for source in copied.split():
             assert (ROOT / source).exists(), source
+
+
+# The "restricted" Pod Security Standard (https://kubernetes.io/docs/concepts/security/pod-security-standards/),
+# its rules field by field, plus what the issue asked beyond it (no service account token).
+_RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def _restricted_violations(name: str, pod: dict[str, Any]) -> list[str]:
+    found: list[str] = []
+    pod_security = pod.get("securityContext", {})
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(flag):
+            found.append(f"{name}: {flag}")
+    if pod.get("automountServiceAccountToken") is not False:
+        found.append(f"{name}: automountServiceAccountToken is not false")
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= _RESTRICTED_VOLUMES:
+            found.append(f"{name}: volume {volume['name']} of type {sorted(kinds)}")
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        where = f"{name}/{container['name']}"
+        security = container.get("securityContext", {})
+
+        def setting(key: str, security: dict[str, Any] = security) -> Any:
+            return security.get(key, pod_security.get(key))
+
+        if security.get("privileged"):
+            found.append(f"{where}: privileged")
+        if security.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{where}: allowPrivilegeEscalation is not false")
+        if setting("runAsNonRoot") is not True:
+            found.append(f"{where}: runAsNonRoot is not true")
+        if setting("runAsUser") == 0:
+            found.append(f"{where}: runAsUser 0")
+        if (setting("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{where}: seccompProfile is not RuntimeDefault or Localhost")
+        capabilities = security.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []):
+            found.append(f"{where}: capabilities.drop lacks ALL")
+        if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+            found.append(f"{where}: capabilities.add {capabilities['add']}")
+        if any(port.get("hostPort") for port in container.get("ports", [])):
+            found.append(f"{where}: hostPort")
+    return found
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard() -> None:
+    pods = [
+        (f"{o['kind']}/{o['metadata']['name']}", o["spec"]["template"]["spec"])
+        for o in _k8s_objects()
+        if o["kind"] in ("StatefulSet", "Deployment", "DaemonSet", "Job")
+    ]
+    assert len(pods) == 2
+    assert [v for name, pod in pods for v in _restricted_violations(name, pod)] == []
+
+
+def test_the_restricted_check_finds_what_the_standard_forbids() -> None:
+    pod = {"containers": [{"name": "c", "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}]}
+    found = _restricted_violations("p", {**pod, "volumes": [{"name": "h", "hostPath": {"path": "/"}}]})
+    assert any("capabilities.add" in v for v in found) and any("hostPath" in v for v in found)
+    assert any("allowPrivilegeEscalation" in v for v in found) and any("seccompProfile" in v for v in found)
+    assert any("automountServiceAccountToken" in v for v in found)
+
+
+def test_the_window_api_and_the_metrics_are_on_ports_a_network_policy_tells_apart() -> None:
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in _k8s_objects()}
+    worker = objects[("StatefulSet", "wagate")]["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item.get("value") for item in worker["env"]}
+    ports = {port["name"]: port["containerPort"] for port in worker["ports"]}
+    assert ports["api"] == 6066 and ports["http"] == int(env["WAGATE_ADMIN_PORT"])
+    assert worker["readinessProbe"]["httpGet"]["port"] == "http"
+    policy = objects[("NetworkPolicy", "wagate-worker")]["spec"]["ingress"]
+    assert {rule["ports"][0]["port"] for rule in policy} == {"api", "http"}
+
+
+def test_the_lock_pins_every_dependency_within_its_range_with_hashes() -> None:
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lock = (ROOT / "requirements.lock").read_text()
+    pinned = {
+        name.lower().replace("_", "-"): version
+        for name, version in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", lock, re.M)
+    }
+    for line in project["dependencies"]:
+        requirement = Requirement(line)
+        name = requirement.name.lower().replace("_", "-")
+        assert name in pinned, f"{name} is not in requirements.lock: regenerate it (see its header)"
+        assert requirement.specifier.contains(pinned[name]), (
+            f"{name}=={pinned[name]} is outside {requirement}"
+        )
+    blocks = re.split(r"\n(?=[A-Za-z0-9_.-]+==)", lock.split("\n", 6)[-1])
+    assert all("--hash=sha256:" in block for block in blocks if "==" in block)
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"ARG VERSION={project['version']}" in dockerfile  # the OCI version label
+    assert re.search(r"^HEALTHCHECK .*\[\"wagate\", \"health\"\]", dockerfile, re.M)

@@ -55,3 +55,33 @@ def test_every_setting_is_documented_by_its_variable_name() -> None:
         if f"`{variable}`" not in documented:
             missing.append(variable)
     assert missing == []
+
+
+def test_the_examples_need_only_what_their_docs_and_the_examples_extra_install() -> None:
+    import ast
+    import sys
+    import tomllib
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"][
+        "examples"
+    ]
+    installed = {re.split(r"[<>=!~\[ ]", requirement)[0].replace("-", "_") for requirement in extra}
+    for path in sorted((ROOT / "examples").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        modules = {
+            alias.name.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
+        modules |= {
+            node.module.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+        }
+        third_party = {m for m in modules if m not in sys.stdlib_module_names and m != "__future__"}
+        assert third_party <= installed, (
+            f"{path.name} imports {third_party - installed}, not in the examples extra"
+        )
+        docstring = ast.get_docstring(tree) or ""
+        assert all(f"pip install {name.replace('_', '-')}" in docstring for name in third_party), path.name
