@@ -4,9 +4,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 KAFKA := deploy/kafka/kafka.sh
+# Helm, built from its Go module with the machine's Go (pinned; the chart tests run `helm lint` and
+# `helm template`). GOFLAGS=-mod=mod: no go.mod here.
+HELM_VERSION := v4.3.2
+HELM := .tools/helm-$(HELM_VERSION)/helm
 export KAFKA_PORT ?= 9092
 
-.PHONY: help venv kafka-fetch kafka-start kafka-stop prometheus-tools run webhook demo test unit lint schemas bench clean
+.PHONY: help venv kafka-fetch kafka-start kafka-stop prometheus-tools helm-tool run webhook demo test unit lint schemas bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -54,11 +58,17 @@ prometheus-tools:  ## Debian's prometheus package (promtool, prometheus) for the
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; \
 	  else echo "install Debian's prometheus package (sudo apt-get install prometheus): the monitoring tests run promtool and Prometheus" >&2; exit 1; fi; }
 
-test: venv kafka-fetch prometheus-tools  ## lint, schema drift check, unit + integration tests (starts and stops a broker)
+$(HELM):
+	@command -v go >/dev/null || { echo "Go is needed to build Helm $(HELM_VERSION) for the chart tests (Go 1.26: https://go.dev/dl/)" >&2; exit 1; }
+	GOBIN=$(abspath $(dir $(HELM))) GOFLAGS=-mod=mod go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
+
+helm-tool: $(HELM)  ## build Helm (pinned) from its Go module, for the chart tests
+
+test: venv kafka-fetch prometheus-tools helm-tool  ## lint, schema drift check, unit + integration tests (starts and stops a broker)
 	$(MAKE) --no-print-directory lint
 	$(BIN)/wagate schemas --check
 	$(BIN)/wagate dashboard --check
-	$(BIN)/pytest tests
+	WAGATE_HELM=$(abspath $(HELM)) $(BIN)/pytest tests
 
 bench: venv kafka-fetch  ## gate vs bare aiokafka reference, 200k requests over 50k contacts; prints JSON
 	deploy/bench-local.sh
