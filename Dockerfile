@@ -10,8 +10,10 @@ FROM python:3.11.7-slim-bookworm AS build
 WORKDIR /src
 COPY requirements.lock pyproject.toml README.md LICENSE ./
 COPY streams ./streams
-RUN pip install --no-cache-dir --prefix=/install --require-hashes --no-deps -r requirements.lock
-RUN pip install --no-cache-dir --prefix=/install --no-deps --no-build-isolation .
+# A virtualenv: the package is then built with the locked setuptools installed just before it.
+RUN python -m venv /opt/wagate
+RUN /opt/wagate/bin/pip install --no-cache-dir --require-hashes --no-deps -r requirements.lock
+RUN /opt/wagate/bin/pip install --no-cache-dir --no-deps --no-build-isolation .
 
 FROM python:3.11.7-slim-bookworm
 ARG VERSION=0.3.0
@@ -21,11 +23,13 @@ LABEL org.opencontainers.image.title="wagate" \
       org.opencontainers.image.version="${VERSION}"
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin wagate \
     && mkdir -p /data && chown wagate:wagate /data
-COPY --from=build /install /usr/local
-ENV PYTHONUNBUFFERED=1 \
+COPY --from=build /opt/wagate /opt/wagate
+ENV PATH=/opt/wagate/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
     WAGATE_DATA_DIR=/data \
     WAGATE_WEB_BIND=0.0.0.0 \
     WAGATE_WEBHOOK_HOST=0.0.0.0 \
+    WAGATE_WEBHOOK_ADMIN_HOST=0.0.0.0 \
     WAGATE_LOG_FORMAT=json
 USER 10001
 WORKDIR /home/wagate

@@ -5,7 +5,6 @@ This is the only module that knows how the parts are wired together.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +13,6 @@ from urllib.parse import quote
 
 import faust
 import orjson
-from aiohttp import web as aiohttp_web
 from faust.exceptions import SameNode
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -29,7 +27,8 @@ from streams.policy.templates import Registry
 from streams.sensors import LeanMonitor
 from streams.settings import Settings
 from streams.topology import CONTACT_STATE_TABLE, Topology, topology
-from streams.web.auth import bearer_refusal
+from streams.web.admin import AdminServer, admin_app
+from streams.web.auth import TokenFile, bearer_refusal
 
 
 @dataclass
@@ -44,9 +43,26 @@ def broker_urls(bootstrap: str) -> list[str]:
     return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
 
 
+class _FaustApp(faust.App):
+    """Faust's app, with the admin server (WAGATE_ADMIN_PORT) started before its consumer and recovery,
+    and stopped after them."""
+
+    admin: AdminServer | None = None
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        if self.admin is not None:
+            await self.admin.start()
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        if self.admin is not None:
+            await self.admin.stop()
+
+
 def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
     topo = topology(settings)
-    app = faust.App(
+    app = _FaustApp(
         settings.faust_app_id,
         broker=broker_urls(settings.kafka_bootstrap_servers),
         broker_credentials=faust_credentials(settings),
@@ -140,13 +156,21 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
     for task in (follow_registry, open_pipeline, ordering_rounds, window_events):
         app.task(task)  # on every worker, for as long as it runs
 
-    window_token = settings.window_api_secret()
+    # The token: from the file when one is named (read again when it changes: a rotated Secret).
+    if settings.window_api_token_file is not None:
+        window_token: Callable[[], bytes | None] = TokenFile(
+            settings.window_api_token_file, settings.window_api_secret
+        )
+    else:
+        fixed = settings.window_api_secret()
+        window_token = lambda: fixed  # noqa: E731
 
     @app.page("/windows/{phone_number_id}/{user}")
     async def window_page(view: Any, request: Any, **_: Any) -> Any:
-        refusal = bearer_refusal(request.headers.get("Authorization"), window_token)
+        token = window_token()
+        refusal = bearer_refusal(request.headers.get("Authorization"), token)
         if refusal is not None:
-            status = 404 if window_token is None else 401
+            status = 404 if token is None else 401
             headers = {"WWW-Authenticate": 'Bearer realm="wagate window API"'} if status == 401 else {}
             return view.json({"error": refusal}, status=status, headers=headers)
         # A group is asked for as /windows/<phone_number_id>/group:<group_id>: the contact key either way.
@@ -192,41 +216,12 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
             return web.bytes(generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     else:
-        admin_port = settings.admin_port
-        admin_host = settings.web_bind or settings.web_host
-
-        async def admin_server() -> None:
-            # Apart from the window API: Prometheus and the kubelet reach this port, API clients the other.
-            runner_ = aiohttp_web.AppRunner(admin_app(ready, lambda: generate_latest(metrics.registry)))
-            await runner_.setup()
-            try:
-                await aiohttp_web.TCPSite(runner_, admin_host, admin_port).start()
-                await asyncio.Event().wait()  # until the worker stops (the task is cancelled)
-            finally:
-                await runner_.cleanup()
-
-        app.task(admin_server)
+        # Apart from the window API: Prometheus and the kubelet reach this port, API clients the other.
+        # Started with the app, before recovery (Faust's own web server and tasks wait for it).
+        app.admin = AdminServer(
+            admin_app(ready, lambda: generate_latest(metrics.registry)),
+            settings.web_bind or settings.web_host,
+            settings.admin_port,
+        )
 
     return GateApp(app=app, topo=topo, runner=runner, metrics=metrics)
-
-
-def admin_app(
-    ready: Callable[[], tuple[int, bytes]], metrics_page: Callable[[], bytes]
-) -> aiohttp_web.Application:
-    """/health, /ready and /metrics on a port of their own (WAGATE_ADMIN_PORT)."""
-
-    async def health(request: aiohttp_web.Request) -> aiohttp_web.Response:
-        return aiohttp_web.Response(text="ok")
-
-    async def ready_(request: aiohttp_web.Request) -> aiohttp_web.Response:
-        status, body = ready()
-        return aiohttp_web.Response(body=body, status=status, content_type="application/json")
-
-    async def metrics_(request: aiohttp_web.Request) -> aiohttp_web.Response:
-        return aiohttp_web.Response(body=metrics_page(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    web_app = aiohttp_web.Application()
-    web_app.router.add_get("/health", health)
-    web_app.router.add_get("/ready", ready_)
-    web_app.router.add_get("/metrics", metrics_)
-    return web_app

@@ -303,7 +303,12 @@ class Settings(BaseSettings):
     def window_api_secret(self) -> bytes | None:
         """The window API's token (from the file when one is named), or None: the API is off."""
         if self.window_api_token_file is not None:
-            return self.window_api_token_file.read_text().strip().encode()
+            try:
+                return self.window_api_token_file.read_text().strip().encode()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(
+                    f"WAGATE_WINDOW_API_TOKEN_FILE={self.window_api_token_file} cannot be read: {exc}"
+                ) from None
         return None if self.window_api_token is None else self.window_api_token.get_secret_value().encode()
 
     @model_validator(mode="after")

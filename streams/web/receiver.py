@@ -16,7 +16,6 @@ import signal
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
@@ -25,6 +24,7 @@ from streams.kafka_security import client_kwargs
 from streams.logs import use_format
 from streams.settings import Settings
 from streams.topology import topology
+from streams.web.admin import AccessLog
 
 log = logging.getLogger("wagate.webhook")
 
@@ -103,20 +103,6 @@ class KafkaSink:
 
     async def close(self) -> None:
         await self.reset()
-
-
-class AccessLog(AbstractAccessLogger):
-    """One line per request, without anything a request carries: the route's pattern (never the path
-    or query string, which hold the verify token, phone numbers and BSUIDs), status, size, duration."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        match_info = getattr(request, "match_info", None)
-        route = getattr(match_info, "route", None)
-        resource = getattr(route, "resource", None)
-        pattern = resource.canonical if resource is not None else "(no route)"
-        self.logger.info(
-            "%s %s %d %dB %.1fms", request.method, pattern, response.status, response.body_length, time * 1000
-        )
 
 
 def check_secrets(settings: Settings) -> tuple[bytes, bytes | None]:

@@ -73,7 +73,12 @@ def test_the_operators_objects_render_when_the_cluster_has_them_and_the_rules_ar
     objects = {o["kind"]: o for o in _render(*args)}
     alerts = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
     assert objects["PrometheusRule"]["spec"]["groups"] == alerts["groups"]
-    assert objects["ServiceMonitor"]["spec"]["endpoints"][0]["port"] == "http"
+    monitor = objects["ServiceMonitor"]["spec"]
+    assert monitor["endpoints"][0]["port"] == "http"
+    # The alert rules name job="wagate": the job comes from a Service label, not the release's name.
+    jobs = {o["metadata"]["labels"][monitor["jobLabel"]] for o in _render(*args) if o["kind"] == "Service"}
+    assert jobs == {"wagate", "wagate-webhook"}
+    assert 'job="wagate"' in (ROOT / "deploy" / "prometheus" / "alerts.yml").read_text()
     assert (CHART / "files" / "alerts.yml").read_text() == (
         ROOT / "deploy" / "prometheus" / "alerts.yml"
     ).read_text()

@@ -14,15 +14,14 @@ from pathlib import Path
 
 from .harness import ROOT
 
+VENV = "/opt/wagate"  # the build stage's virtualenv, copied into the image
+
 
 def _dockerfile_pip_commands() -> list[list[str]]:
-    """The build stage's `pip install` commands, without the --prefix the image copies from."""
+    """The build stage's `pip install` arguments, in order (run there with the virtualenv's pip)."""
     dockerfile = (ROOT / "Dockerfile").read_text()
-    commands = []
-    for line in re.findall(r"^RUN (pip install .+)$", dockerfile, re.M):
-        args = [arg for arg in shlex.split(line) if not arg.startswith("--prefix")]
-        commands.append(args[2:])  # after "pip install"
-    return commands
+    assert f"RUN python -m venv {VENV}" in dockerfile and f"COPY --from=build {VENV} {VENV}" in dockerfile
+    return [shlex.split(line) for line in re.findall(rf"^RUN {VENV}/bin/pip install (.+)$", dockerfile, re.M)]
 
 
 def test_the_dockerfiles_install_from_the_lock_runs_wagate(tmp_path: Path) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from streams.settings import Settings
-from streams.web.auth import bearer_refusal
+from streams.web.auth import TokenFile, bearer_refusal
 
 TOKEN = b"0123456789abcdef0123"
 
@@ -47,3 +49,32 @@ def test_a_token_that_protects_nothing_is_refused_naming_the_setting(
 ) -> None:
     with pytest.raises(ValidationError, match=said):
         Settings(**settings)  # type: ignore[arg-type]
+
+
+def test_the_scheme_is_case_insensitive_and_undecodable_bytes_are_refused_not_crashed() -> None:
+    assert bearer_refusal(f"bearer {TOKEN.decode()}", TOKEN) is None
+    assert bearer_refusal(f"BEARER  {TOKEN.decode()} ", TOKEN) is None
+    # aiohttp hands a header's undecodable bytes over as surrogates (surrogateescape).
+    mangled = b"Bearer \xff\xfe".decode("utf-8", "surrogateescape")
+    assert bearer_refusal(mangled, TOKEN) == "the bearer token is not WAGATE_WINDOW_API_TOKEN"
+
+
+def test_a_rotated_token_file_takes_effect_without_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text(TOKEN.decode())
+    settings = Settings(window_api_token_file=path)
+    current = TokenFile(path, settings.window_api_secret)
+    assert current() == TOKEN
+    rotated = b"fedcba9876543210fedcba"
+    path.write_text(rotated.decode())
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000_000))  # a later mtime, whatever the clock
+    assert current() == rotated
+    path.unlink()  # a Secret's files vanish for a moment while it is updated: the last token holds
+    assert current() == rotated
+
+
+def test_an_unreadable_token_file_names_the_setting(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_bytes(b"\xff\xfe not text")
+    with pytest.raises(ValidationError, match=r"WAGATE_WINDOW_API_TOKEN_FILE=.* cannot be read"):
+        Settings(window_api_token_file=path)
