@@ -27,7 +27,7 @@ from streams.policy.templates import Registry
 from streams.sensors import LeanMonitor
 from streams.settings import Settings
 from streams.topology import CONTACT_STATE_TABLE, Topology, topology
-from streams.web.admin import AdminServer, admin_app
+from streams.web.admin import Site, admin_app
 from streams.web.auth import TokenFile, bearer_refusal
 
 
@@ -47,7 +47,7 @@ class _FaustApp(faust.App):
     """Faust's app, with the admin server (WAGATE_ADMIN_PORT) started before its consumer and recovery,
     and stopped after them."""
 
-    admin: AdminServer | None = None
+    admin: Site | None = None
 
     async def on_start(self) -> None:
         await super().on_start()
@@ -217,9 +217,10 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
 
     else:
         # Apart from the window API: Prometheus and the kubelet reach this port, API clients the other.
-        # Started with the app, before recovery (Faust's own web server and tasks wait for it).
-        app.admin = AdminServer(
-            admin_app(ready, lambda: generate_latest(metrics.registry)),
+        # Started with the app, before recovery (Faust's own web server and tasks wait for it, and
+        # recovery may take minutes: the kubelet's probes must be answered meanwhile).
+        app.admin = Site(
+            admin_app(lambda: generate_latest(metrics.registry), ready),
             settings.web_bind or settings.web_host,
             settings.admin_port,
         )

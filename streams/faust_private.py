@@ -386,11 +386,8 @@ class PipelineConsumer(faust_aiokafka.Consumer):
                 # exactly_once: every assigned partition has its producer (started, so the previous
                 # owner fenced, by on_partitions_assigned) before the committed offsets are read.
                 await self._fenced()  # (no lanes from self.assignment(): it may be a stale one)
-            assigned = set(self.assignment())
-            committed = await self._committed(assigned)
-            sink_topics = self.sink.topics if self.sink is not None else frozenset()
-            ours = {tp: offset for tp, offset in committed.items() if tp.topic in sink_topics}
-            positions = await self._known_positions(ours)
+            committed = await self._committed(set(self.assignment()))
+            positions = await self._sink_positions(committed)
             moves = {tp: offset for tp, offset in committed.items() if offset is not None and offset > 0}
             moves.update(positions)
             await self._moved(moves, positions, assignments)
@@ -402,10 +399,7 @@ class PipelineConsumer(faust_aiokafka.Consumer):
             assignments = self._assignments
             for tp in partitions:
                 self._last_changelog_record.pop(tp, None)
-            sink_topics = self.sink.topics if self.sink is not None else frozenset()
-            ours = await self._known_positions(
-                {tp: offset for tp, offset in partitions.items() if tp.topic in sink_topics}
-            )
+            ours = await self._sink_positions(partitions)
             await self._moved({**partitions, **ours}, ours, assignments)
 
     async def _seek(self, partition: TP, offset: int) -> None:
@@ -421,11 +415,13 @@ class PipelineConsumer(faust_aiokafka.Consumer):
 
         return cast(dict[TP, int | None], await thread.call_thread(read))
 
-    async def _known_positions(self, positions: Mapping[TP, int | None]) -> dict[TP, int]:
-        """``positions`` with an unknown one (None, or below 0: nothing committed) replaced by the
-        log's beginning (auto_offset_reset earliest)."""
-        known = {tp: int(offset) for tp, offset in positions.items() if offset is not None and offset >= 0}
-        unknown = [tp for tp in positions if tp not in known]
+    async def _sink_positions(self, positions: Mapping[TP, int | None]) -> dict[TP, int]:
+        """The sink's partitions among ``positions``, an unknown position (None, or below 0: nothing
+        committed) replaced by the log's beginning (auto_offset_reset earliest)."""
+        topics = self._sink_topics
+        ours = {tp: offset for tp, offset in positions.items() if tp.topic in topics}
+        known = {tp: int(offset) for tp, offset in ours.items() if offset is not None and offset >= 0}
+        unknown = [tp for tp in ours if tp not in known]
         if unknown:
             known.update({tp: int(offset) for tp, offset in (await self.earliest_offsets(*unknown)).items()})
         return known
@@ -445,9 +441,13 @@ class PipelineConsumer(faust_aiokafka.Consumer):
         if sink_positions and self.sink is not None:
             self.sink.on_positions(sink_positions)
 
+    @property
+    def _sink_topics(self) -> frozenset[str]:
+        return self.sink.topics if self.sink is not None else frozenset()
+
     def _sink_partitions(self, tps: Iterable[TP]) -> set[int]:
         """The input partitions (of the pipeline's co-partitioned topics) among ``tps``."""
-        topics = self.sink.topics if self.sink is not None else frozenset()
+        topics = self._sink_topics
         return {tp.partition for tp in tps if tp.topic in topics}
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:

@@ -131,7 +131,6 @@ class PipelineRunner:
         self._partition_counts: dict[str, int] = {}
         self._changelog = topo.contact_state_changelog.name
         self._source_topics = {source: topic for topic, source in self.pipeline.sources.items()}
-        self._lost: set[int] = set()  # partitions whose lane was fenced, until the group reassigns
         self.transactions: PartitionTransactions | None = None
         if self.exactly_once:
             self.transactions = PartitionTransactions(
@@ -152,12 +151,12 @@ class PipelineRunner:
     def held_back(self) -> set[tuple[str, int]]:
         if not self.pipeline.ready:
             return self._all_ours
+        # (A partition whose lane was fenced is not fetched either: the consumer forgot its positions.)
         paused = self.aligner.paused()
-        lost = {(topic, p) for topic in self.topics for p in self._lost}  # nothing could commit them
         if not paused:
-            return lost
+            return set()
         requests = self.topo.requests.name
-        return {(requests, p) for p in paused} | lost
+        return {(requests, p) for p in paused}
 
     async def on_fetched(
         self,
@@ -188,7 +187,6 @@ class PipelineRunner:
     async def on_assigned(self, partitions: set[int]) -> None:
         """The group assigned ``partitions``: fence their previous owners (before recovery reads the
         changelog and before their committed offsets are read)."""
-        self._lost -= partitions
         if self.transactions is not None:
             await self.transactions.prepare(partitions)
 
@@ -209,9 +207,8 @@ class PipelineRunner:
         self.metrics.partitions_lost.inc()
         self.state.forget(partition)
         gone = [TP(topic, partition) for topic in self.topics]
-        forget_positions(self.app, gone)
+        forget_positions(self.app, gone)  # not fetched again until the group reassigns it
         self.on_positions(dict.fromkeys(gone))
-        self._lost.add(partition)
         if not request_rejoin(self.app):
             log.warning("could not ask the group for a rebalance: partition %d waits for one", partition)
 

@@ -1,5 +1,6 @@
-"""The HTTP edge's shared parts: an access log that carries nothing a request carries, and the
-worker's admin server (/health, /ready, /metrics apart from the window API, WAGATE_ADMIN_PORT)."""
+"""The HTTP edge's shared parts: an access log that carries nothing a request carries, the admin app
+(/health, /metrics and, for a worker, /ready: served apart from the public port) and a site that
+serves an app on one address until stopped (the worker's WAGATE_ADMIN_PORT, both of the receiver's)."""
 
 from __future__ import annotations
 
@@ -24,29 +25,34 @@ class AccessLog(AbstractAccessLogger):
         )
 
 
-def admin_app(ready: Callable[[], tuple[int, bytes]], metrics_page: Callable[[], bytes]) -> web.Application:
-    """/health (the event loop answers), /ready (status and its checks, JSON) and /metrics."""
+def admin_app(
+    metrics_page: Callable[[], bytes], ready: Callable[[], tuple[int, bytes]] | None = None
+) -> web.Application:
+    """/health (the event loop answers), /metrics and, given ``ready``, /ready (status and its checks,
+    JSON)."""
 
     async def health(request: web.Request) -> web.Response:
         return web.Response(text="ok")
-
-    async def ready_(request: web.Request) -> web.Response:
-        status, body = ready()
-        return web.Response(body=body, status=status, content_type="application/json")
 
     async def metrics_(request: web.Request) -> web.Response:
         return web.Response(body=metrics_page(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
     app.router.add_get("/health", health)
-    app.router.add_get("/ready", ready_)
     app.router.add_get("/metrics", metrics_)
+    if ready is not None:
+        checks = ready
+
+        async def ready_(request: web.Request) -> web.Response:
+            status, body = checks()
+            return web.Response(body=body, status=status, content_type="application/json")
+
+        app.router.add_get("/ready", ready_)
     return app
 
 
-class AdminServer:
-    """The admin app on its own port, started with the worker (before recovery, which may take minutes:
-    the kubelet's probes must be answered meanwhile) and stopped with it."""
+class Site:
+    """An app served on one address with the route-only access log, from ``start`` to ``stop``."""
 
     def __init__(self, app: web.Application, host: str, port: int) -> None:
         self.runner = web.AppRunner(app, access_log_class=AccessLog)
@@ -56,8 +62,8 @@ class AdminServer:
     async def start(self) -> None:
         if not self.started:
             await self.runner.setup()
+            self.started = True  # (set up: cleaned up by stop even if binding fails)
             await web.TCPSite(self.runner, self.host, self.port).start()
-            self.started = True
 
     async def stop(self) -> None:
         if self.started:

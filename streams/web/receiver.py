@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from streams.kafka_security import client_kwargs
 from streams.logs import use_format
 from streams.settings import Settings
 from streams.topology import topology
-from streams.web.admin import AccessLog
+from streams.web.admin import Site, admin_app
 
 log = logging.getLogger("wagate.webhook")
 
@@ -197,38 +197,20 @@ def create_receiver(
     return app
 
 
-def create_admin(metrics: ReceiverMetrics) -> web.Application:
-    """The private side: /metrics for Prometheus and /health for the kubelet, on a port of its own."""
-
-    async def metrics_page(request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
-
-    async def health(request: web.Request) -> web.Response:
-        return web.Response(text="ok")
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics_page)
-    app.router.add_get("/health", health)
-    return app
-
-
 async def serve_receiver(settings: Settings, stop: asyncio.Event) -> None:
     """Both sides until ``stop`` is set."""
     metrics = ReceiverMetrics()
-    runners = [
-        web.AppRunner(create_receiver(settings, metrics=metrics), access_log_class=AccessLog),
-        web.AppRunner(create_admin(metrics), access_log_class=AccessLog),
-    ]
-    places = [
-        (settings.webhook_host, settings.webhook_port),
-        (settings.webhook_admin_host, settings.webhook_admin_port),
+    sites = [
+        Site(create_receiver(settings, metrics=metrics), settings.webhook_host, settings.webhook_port),
+        Site(
+            admin_app(lambda: generate_latest(metrics.registry)),
+            settings.webhook_admin_host,
+            settings.webhook_admin_port,
+        ),
     ]
     try:
-        for runner, (host, port) in zip(runners, places, strict=True):
-            await runner.setup()
-            await web.TCPSite(runner, host, port).start()
+        for site in sites:
+            await site.start()
         log.info(
             "webhook receiver on http://%s:%d%s -> %s; /metrics and /health on http://%s:%d",
             settings.webhook_host,
@@ -240,15 +222,14 @@ async def serve_receiver(settings: Settings, stop: asyncio.Event) -> None:
         )
         await stop.wait()
     finally:
-        for runner in runners:
-            await runner.cleanup()
+        for site in sites:
+            await site.stop()
 
 
 def run_receiver(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper())
     use_format(settings.log_format)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)  # its retry noise during an outage says nothing new
-    check_secrets(settings)  # before anything binds
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -51,7 +51,8 @@ def test_every_private_member_used_in_the_module_is_checked() -> None:
     )
     own = {"_fetch_lock", "_seeks", "_fetch", "_current", "_drop_stale", "_deliver_to_faust", "_deliver"}
     own |= {"_fetch_state", "_positions_warned", "_sought", "_rewind", "_assignments"}
-    own |= {"_committed", "_known_positions", "_moved", "_handle", "_stop_taking", "_new_assignment"}
+    own |= {"_committed", "_sink_positions", "_sink_topics", "_moved", "_handle"}
+    own |= {"_stop_taking", "_new_assignment"}
     own |= {"_end_recovery_at_markers", "_last_changelog_record", "_fencing", "_fenced", "_sink_partitions"}
     own |= {"_write", "_read", "_scan_store", "_pending"}  # PartitionedState's own
     checked = {member for _, member in faust_private._REQUIRED}
