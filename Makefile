@@ -10,7 +10,7 @@ HELM_VERSION := v4.3.2
 HELM := .tools/helm-$(HELM_VERSION)/helm
 export KAFKA_PORT ?= 9092
 
-.PHONY: help venv kafka-fetch kafka-start kafka-stop prometheus-tools helm-tool run webhook demo test unit lint schemas bench clean
+.PHONY: help venv kafka-fetch kafka-start kafka-stop prometheus-tools helm-tool run webhook demo test unit lint schemas bench bench-scale clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -70,8 +70,16 @@ test: venv kafka-fetch prometheus-tools helm-tool  ## lint, schema drift check, 
 	$(BIN)/wagate dashboard --check
 	WAGATE_HELM=$(abspath $(HELM)) $(BIN)/pytest tests
 
-bench: venv kafka-fetch  ## gate vs bare aiokafka reference, 200k requests over 50k contacts; prints JSON
+.venv-quix/.installed: deploy/bench/quix-requirements.txt
+	$(PYTHON) -m venv .venv-quix
+	.venv-quix/bin/pip install -q -r $<
+	touch $@
+
+bench: venv kafka-fetch .venv-quix/.installed  ## gate vs Quix Streams and a bare aiokafka loop, 200k requests over 50k contacts; prints JSON
 	deploy/bench-local.sh
+
+bench-scale: venv kafka-fetch  ## 1, 2, 4 workers on 8 and 16 partitions of a 3-broker cluster; prints JSON
+	deploy/bench-scale-local.sh
 
 clean:  ## remove local state (venv, broker data, RocksDB)
 	rm -rf $(VENV) deploy/kafka/data var

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from streams.agents.registry import RegistryFollower
 from streams.agents.runner import PipelineRunner
 from streams.core.processor import Clock
+from streams.faust_private import count_kafka_requests
 from streams.faust_private import install as install_pipeline
 from streams.kafka_security import faust_credentials
 from streams.metrics import GateMetrics
@@ -107,6 +108,7 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
         help="Per-contact customer service window and recently decided request ids",
     )
     metrics = GateMetrics()
+    count_kafka_requests(lambda api: metrics.kafka_requests.labels(api).inc())
     cast(LeanMonitor, app.monitor).export_to(metrics.registry)
     registry = Registry(configured_numbers=settings.configured_numbers)
     follower = RegistryFollower(settings, topo, registry, metrics)  # dead letters go out via the runner

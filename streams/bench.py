@@ -222,9 +222,16 @@ SETTLE_SECONDS = 5.0
 
 _WORKER = ["-m", "streams.cli", "worker"]
 
+# The Quix Streams peers run in a virtualenv of their own (``make bench`` makes it): Quix pins its own
+# pydantic and confluent-kafka ranges.
+QUIX_PYTHON_ENV = "WAGATE_BENCH_QUIX_PYTHON"
+QUIX_VENV = Path(".venv-quix/bin/python")
+
 # The systems measured: how each starts, and extra settings.
 SYSTEMS: dict[str, tuple[list[str], dict[str, str]]] = {
     "reference": (["-m", "streams.bench", "reference"], {}),
+    "quix": (["-m", "streams.bench_quix", "exactly-once"], {}),
+    "quix_at_least_once": (["-m", "streams.bench_quix", "at-least-once"], {}),
     "gate": (_WORKER, {}),
     "gate_at_least_once": (_WORKER, {"WAGATE_PROCESSING_GUARANTEE": "at_least_once"}),
     "gate_unordered": (_WORKER, {"WAGATE_MAX_HOLD_SECONDS": "0"}),
@@ -236,13 +243,33 @@ def _start(
     system: str, settings: Settings, prefix: str, data_dir: str, log_path: Path
 ) -> subprocess.Popen[bytes]:
     args, extra = SYSTEMS[system]
+    python, env = sys.executable, {**_child_env(settings, prefix, data_dir), **extra}
+    if system.startswith("quix"):
+        python = quix_python()
+        # The peer imports the gate's policy from this checkout (pure: pydantic and orjson only).
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_SOURCE_ROOT), env.get("PYTHONPATH")]))
     log = log_path.open("wb")
     return subprocess.Popen(
-        [sys.executable, *args],
-        env={**_child_env(settings, prefix, data_dir), **extra},
+        [python, *args],
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+
+
+_SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def quix_python() -> str:
+    """The interpreter of the Quix Streams peers: ``$WAGATE_BENCH_QUIX_PYTHON``, else ``.venv-quix``."""
+    configured = os.environ.get(QUIX_PYTHON_ENV)
+    python = Path(configured) if configured else _SOURCE_ROOT / QUIX_VENV
+    if not python.exists():
+        raise SystemExit(
+            f"the Quix Streams peers need {python}: run `make bench` (it makes .venv-quix from "
+            f"deploy/bench/quix-requirements.txt), or set {QUIX_PYTHON_ENV} to a Python with quixstreams"
+        )
+    return str(python)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -305,6 +332,30 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+def decisions_reader(settings: Settings, topo: Topology) -> AIOKafkaConsumer:
+    """A consumer of the three decision topics from the start, as downstream senders must read them."""
+    return AIOKafkaConsumer(
+        topo.send.name,
+        topo.template.name,
+        topo.rejected.name,
+        **client_kwargs(settings),
+        auto_offset_reset="earliest",
+        group_id=None,
+        fetch_max_bytes=16 * 1024 * 1024,
+        isolation_level="read_committed",  # as downstream senders must read (exactly_once)
+    )
+
+
+async def produce_workload(producer: AIOKafkaProducer, topo: Topology, workload: Workload) -> None:
+    """The openers first, then the mixed requests and events, in order; flushed."""
+    for key, value in workload.openers:
+        await producer.send(topo.inbound.name, value, key=key)
+    topic_of = {"inbound": topo.inbound.name, "requests": topo.requests.name}
+    for kind, mixed_key, mixed_value in workload.mixed:
+        await producer.send(topic_of[kind], mixed_value, key=mixed_key)
+    await producer.flush()
+
+
 async def measure(
     system: str, settings: Settings, workload: Workload, paced: int, rate: float, workdir: Path
 ) -> dict[str, Any]:
@@ -325,25 +376,11 @@ async def measure(
     # Requests whose latency is measured go out at once: the harness's own linger is not the gate's.
     paced_producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", linger_ms=0)
     await paced_producer.start()
-    consumer = AIOKafkaConsumer(
-        topo.send.name,
-        topo.template.name,
-        topo.rejected.name,
-        **client_kwargs(settings),
-        auto_offset_reset="earliest",
-        group_id=None,
-        fetch_max_bytes=16 * 1024 * 1024,
-        isolation_level="read_committed",  # as downstream senders must read (exactly_once)
-    )
+    consumer = decisions_reader(settings, topo)
     await consumer.start()
     proc = None
     try:
-        for key, value in workload.openers:
-            await producer.send(topo.inbound.name, value, key=key)
-        topic_of = {"inbound": topo.inbound.name, "requests": topo.requests.name}
-        for kind, mixed_key, mixed_value in workload.mixed:
-            await producer.send(topic_of[kind], mixed_value, key=mixed_key)
-        await producer.flush()
+        await produce_workload(producer, topo, workload)
         wanted = {f"b{i}" for i in range(workload.requests)}
         arrivals: dict[str, float] = {}
         started = time.time()
@@ -469,6 +506,8 @@ async def run_bench(
     rate: float = 500.0,
     systems: tuple[str, ...] = tuple(SYSTEMS),
 ) -> int:
+    if any(system.startswith("quix") for system in systems):
+        quix_python()  # before anything is produced: says how to get it when it is missing
     workload = build_workload(requests, contacts, time.time())
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="wagate-bench-") as tmp:
@@ -493,6 +532,18 @@ async def run_bench(
             results["gate_garbage"]["decisions_per_s"] / gate["decisions_per_s"], 3
         ),
         "ratio_gate_over_reference": round(gate["decisions_per_s"] / reference["decisions_per_s"], 3),
+        # What users compare: wagate against the Quix Streams gate, at each guarantee.
+        "ratio_gate_over_quix": round(gate["decisions_per_s"] / results["quix"]["decisions_per_s"], 3),
+        "ratio_gate_at_least_once_over_quix_at_least_once": round(
+            results["gate_at_least_once"]["decisions_per_s"]
+            / results["quix_at_least_once"]["decisions_per_s"],
+            3,
+        ),
+        "cpu_ratio_gate_at_least_once_over_reference": round(
+            results["gate_at_least_once"]["cpu_seconds_per_100k_decisions"]
+            / reference["cpu_seconds_per_100k_decisions"],
+            3,
+        ),
         "cpu_ratio_gate_over_reference": round(
             gate["cpu_seconds_per_100k_decisions"] / reference["cpu_seconds_per_100k_decisions"], 3
         ),

@@ -280,6 +280,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
 
 
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated whole numbers, e.g. 1,2,4; got {text!r}"
+        ) from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"every count must be at least 1; got {text!r}")
+    return counts
+
+
+def cmd_bench_scale(args: argparse.Namespace) -> int:
+    from streams.bench_scale import run_scale
+
+    return asyncio.run(
+        run_scale(_settings(), args.partitions, args.workers, args.requests, args.contacts, args.out)
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wagate",
@@ -355,18 +375,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     bench = sub.add_parser(
-        "bench", help="measure the gate against a bare aiokafka loop; prints one JSON object"
+        "bench",
+        help="measure the gate against the Quix Streams gate and a bare aiokafka loop; prints one JSON "
+        "object",
     )
     bench.add_argument("--requests", type=int, default=200_000)
     bench.add_argument("--contacts", type=int, default=50_000)
     bench.add_argument("--out", default=None, help="also write the JSON result to this file")
     bench.add_argument(
         "--systems",
-        default="reference,gate,gate_at_least_once,gate_unordered,gate_garbage",
+        default="reference,quix,quix_at_least_once,gate,gate_at_least_once,gate_unordered,gate_garbage",
         help="comma-separated subset to measure (ratios are printed only for all of them; a subset is "
         "for profiling one system, e.g. --systems gate)",
     )
     bench.set_defaults(func=cmd_bench)
+
+    scale = sub.add_parser(
+        "bench-scale",
+        help="measure 1, 2 and 4 workers on 8 and 16 partitions (CPU and Kafka requests per decision, "
+        "rebalance pauses); needs a 3-broker cluster (make bench-scale starts one)",
+    )
+    scale.add_argument("--partitions", type=_counts, default=[8, 16], help="partition counts (default 8,16)")
+    scale.add_argument("--workers", type=_counts, default=[1, 2, 4], help="worker counts (default 1,2,4)")
+    scale.add_argument("--requests", type=int, default=60_000)
+    scale.add_argument("--contacts", type=int, default=15_000)
+    scale.add_argument("--out", default=None, help="also write the JSON result to this file")
+    scale.set_defaults(func=cmd_bench_scale)
     return parser
 
 

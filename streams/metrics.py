@@ -2,23 +2,82 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from streams.policy.rules import ORIGINS
+
+
+class LoopHistogram(Collector):
+    """A histogram observed per decision, on the event loop's thread only. prometheus_client's takes a
+    lock per bucket and per sum and walks the buckets one by one: with three observed per decision it
+    was 5% of the worker's time. Here: one bisect and two additions; scrapes (on the same loop) read
+    the figures as they stand. Exposed exactly like prometheus_client's Histogram."""
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        self.name, self.documentation = name, documentation
+        self.bounds = (*sorted(buckets), math.inf)
+        self.counts = [0] * len(self.bounds)
+        self.sum = 0.0
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # "le": the first bound >= value
+        self.sum += value
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative, running = [], 0
+        for bound, count in zip(self.bounds, self.counts, strict=True):
+            running += count
+            cumulative.append((_bound_text(bound), running))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=cumulative, sum_value=self.sum)
+
+
+class LoopCounter(Collector):
+    """A labelled counter incremented per record, on the event loop's thread only (see LoopHistogram:
+    prometheus_client's child takes a lock per increment). Exposed as ``<name>_total``."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
+    ) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, list(labelnames)
+        self.values: dict[tuple[str, ...], float] = {}
+        registry.register(self)
+
+    def inc(self, *labels: str) -> None:
+        self.values[labels] = self.values.get(labels, 0.0) + 1.0
+
+    def value(self, *labels: str) -> float:
+        return self.values.get(labels, 0.0)
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, value in list(self.values.items()):
+            family.add_metric(list(labels), value)
+        yield family
+
+
+def _bound_text(bound: float) -> str:
+    return "+Inf" if bound == math.inf else repr(float(bound))
 
 
 class GateMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self.decisions = Counter(
+        self.decisions = LoopCounter(
             "wagate_decisions",
             "Decisions published, by route, reason and origin",
             ["route", "reason", "origin"],
             registry=self.registry,
         )
-        self.inbound_events = Counter(
+        self.inbound_events = LoopCounter(
             "wagate_inbound_events",
             "Inbound events applied, by kind and window effect",
             ["kind", "effect"],
@@ -51,6 +110,13 @@ class GateMetrics:
         self.contacts_merged = Counter(
             "wagate_contacts_merged",
             "Window state kept under an identifier joined into its contact once the alias was learnt",
+            registry=self.registry,
+        )
+        self.kafka_requests = Counter(
+            "wagate_kafka_requests",
+            "Requests this process's Kafka clients sent, by API (Produce, Fetch, AddPartitionsToTxn, "
+            "EndTxn, OffsetCommit, ...): divided by wagate_decisions, the broker load a decision costs",
+            ["api"],
             registry=self.registry,
         )
         self.transactions = Counter(
@@ -104,16 +170,16 @@ class GateMetrics:
             "Contacts whose customer service window is open, on this worker's partitions",
             registry=self.registry,
         )
-        self.decision_processing = Histogram(
+        self.decision_processing = LoopHistogram(
             "wagate_decision_processing_seconds",
             "Time the worker spends deciding one request (parse, state, policy, produce)",
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+            (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
             registry=self.registry,
         )
-        self.decision_latency = Histogram(
+        self.decision_latency = LoopHistogram(
             "wagate_decision_latency_seconds",
             "Request created_at to decision time",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=self.registry,
         )
         self.requests_held = Gauge(
@@ -121,10 +187,10 @@ class GateMetrics:
             "Requests read and waiting for the inbound events written before them (ordering contract)",
             registry=self.registry,
         )
-        self.hold_seconds = Histogram(
+        self.hold_seconds = LoopHistogram(
             "wagate_request_hold_seconds",
             "How long a request waited for the inbound events written before it",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry,
         )
         self.held_past_limit = Counter(
@@ -133,18 +199,9 @@ class GateMetrics:
             registry=self.registry,
         )
 
-        # labels() costs a lock and a lookup per call; the hot counters' children are few and fixed.
-        self._children: dict[tuple[Counter, tuple[str, ...]], Any] = {}
-
-    def _inc(self, counter: Counter, *labels: str) -> None:
-        child = self._children.get((counter, labels))
-        if child is None:
-            child = self._children[(counter, labels)] = counter.labels(*labels)
-        child.inc()
-
     def count_decision(self, route: str, reason: str, origin: str | None) -> None:
         # An invalid request can carry any string as origin: keep the label set bounded.
-        self._inc(self.decisions, route, reason, origin if origin in ORIGINS else "unknown")
+        self.decisions.inc(route, reason, origin if origin in ORIGINS else "unknown")
 
     def count_inbound(self, kind: str, effect: str) -> None:
-        self._inc(self.inbound_events, kind, effect)
+        self.inbound_events.inc(kind, effect)

@@ -232,6 +232,16 @@ class Settings(BaseSettings):
         "partitions it wrote wait meanwhile)",
     )
 
+    transactions_in_flight: int = Field(
+        default=2,
+        ge=1,
+        le=2,
+        description="exactly_once: transactions a partition may have open at once. 2: the next one "
+        "starts as soon as the previous one's records are acknowledged, on a second transactional id "
+        "(<app id>-p<N>-b), and commits after it (half the wait behind the previous commit); 1: one at "
+        "a time",
+    )
+
     origin_policy: str = Field(
         default="",
         description='per-origin rules as JSON, e.g. {"broadcast": {"free_form": false, "convert": false}}; '

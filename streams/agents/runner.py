@@ -127,6 +127,7 @@ class PipelineRunner:
         # Per own wa.webhooks partition: (next offset, its outputs not yet acknowledged), in order.
         self._webhook_acks: dict[int, deque[tuple[int, list[int]]]] = {}
         self._admin: AIOKafkaAdminClient | None = None
+        self._group_coordinator: int | None = None  # its node id, as last found
         self._offsets_client: AIOKafkaConsumer | None = None
         self._partition_counts: dict[str, int] = {}
         self._changelog = topo.contact_state_changelog.name
@@ -142,6 +143,7 @@ class PipelineRunner:
                 self._transaction_committed,
                 self._partition_lost,
                 self._inbound_written,
+                in_flight=settings.transactions_in_flight,
             )
         metrics.open_windows.set_function(lambda: self.windows.open_windows)
         metrics.requests_held.set_function(lambda: self.aligner.held)
@@ -545,9 +547,20 @@ class PipelineRunner:
             admin = AIOKafkaAdminClient(**client_kwargs(self.settings))
             await admin.start()
             self._admin = admin
-        offsets = await self._admin.list_consumer_group_offsets(
-            self.settings.faust_app_id, partitions=[TopicPartition(topic, p) for p in partitions]
-        )
+        group = self.settings.faust_app_id
+        wanted = [TopicPartition(topic, p) for p in partitions]
+        # The group's coordinator is looked up once, not per round (a FindCoordinator per round was a
+        # request per decision at low rates: wagate_kafka_requests_total showed it); asked again after
+        # any failure, and when its answer lacks a partition asked for (a coordinator that moved).
+        if self._group_coordinator is None:
+            self._group_coordinator = await self._admin.find_coordinator(group)
+        try:
+            offsets = await self._admin.list_consumer_group_offsets(group, self._group_coordinator, wanted)
+            if not set(wanted) <= offsets.keys():
+                raise RuntimeError("the group coordinator's answer lacks partitions asked for")
+        except Exception:
+            self._group_coordinator = None
+            raise
         own: dict[int, int] = {}
         for meta in offsets.values():
             for partition, next_offset in parse_inbound_ends(meta.metadata or "").items():

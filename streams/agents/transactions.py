@@ -13,8 +13,18 @@ over starts ``<app id>-p<p>`` before it reads the committed offsets (``prepare``
 aborts the previous owner's open transaction, or waits for it to complete, so the offsets it reads
 match the outputs that are visible.
 
-A lane runs one transaction at a time; what the pipeline submits meanwhile goes into the next one
-(so throughput does not depend on the transaction round trips, only latency does).
+A lane runs its transactions in order; what the pipeline submits meanwhile goes into the next one (so
+throughput does not depend on the transaction round trips, only latency does). With two transactions
+in flight (the default) a lane has a second producer, ``<app id>-p<p>-b``, and the producers take
+turns: transaction k+1 begins once every record of transaction k is acknowledged (its records then
+follow k's in every partition: a contact's decisions and state writes keep their order) and while k
+commits, and it commits only after k has: a failed k never lets k+1 commit. Its offset commit is
+appended to ``__consumer_offsets`` after k's, and the group coordinator keeps the offset appended last
+whatever order the two commit markers land in (Kafka >= 3.8, KAFKA-14505; the old coordinator
+compares the same way), so the committed offset never goes back. A transaction's protocol is four
+round trips in a row (AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit, EndTxn) and, on the same
+transactional id, the next one cannot start until the coordinator has written the previous one's
+markers: on a replicated cluster that wait is as long as the transaction itself.
 
 A lane lives exactly as long as the worker owns its partition, and its life is ordered (the consumer
 calls these, ``streams.faust_private``): ``prepare`` fences the previous owner before the table's
@@ -95,12 +105,21 @@ class Sent:
 @dataclass
 class _Lane:
     partition: int
-    producer: AIOKafkaProducer
+    producers: tuple[AIOKafkaProducer, ...]  # taking turns, one open transaction each
     outputs: list[Output] = field(default_factory=list)
     offsets: dict[TopicPartition, int] = field(default_factory=dict)
     on_committed: list[Callable[[], None]] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
     progress: asyncio.Event = field(default_factory=asyncio.Event)
+    submitted: asyncio.Event = field(default_factory=asyncio.Event)  # work came while a commit runs
+    commits: list[asyncio.Task[None] | None] = field(default_factory=list)  # each producer's last commit
+    lost: bool = False
+    opened: AIOKafkaProducer | None = None  # begun when the lane failed: to abort before stopping
+    turns: int = 2  # how many of the producers take turns (the others are only fenced)
+    turn: int = 0  # whose turn is next: kept across runs, so every id is used and stays alive
+
+    def __post_init__(self) -> None:
+        self.commits = [None] * len(self.producers)
 
     @property
     def pending(self) -> bool:
@@ -118,7 +137,11 @@ class PartitionTransactions:
         on_commit: OnCommitted | None = None,
         on_lost: Callable[[int, BaseException], None] | None = None,
         offsets_metadata: Callable[[list[Sent]], Awaitable[str]] | None = None,
+        in_flight: int = 2,
     ) -> None:
+        if in_flight not in (1, 2):
+            raise ValueError(f"in_flight must be 1 or 2, not {in_flight}")
+        self.in_flight = in_flight
         self.prefix = transactional_id_prefix
         self.group_id = group_id
         self.new_producer = new_producer
@@ -134,8 +157,14 @@ class PartitionTransactions:
         self._preparing = asyncio.Lock()
         tune_transactions()
 
-    def transactional_id(self, partition: int) -> str:
-        return f"{self.prefix}-p{partition}"
+    def transactional_id(self, partition: int, turn: int = 0) -> str:
+        """The first is the id every version of the gate used; the second is the overlap's own."""
+        return f"{self.prefix}-p{partition}" + ("" if turn == 0 else "-b")
+
+    def transactional_ids(self, partition: int) -> list[str]:
+        """Both ids, whatever ``in_flight``: a worker with one in flight (or a rollback to it) must still
+        fence a previous owner that had two."""
+        return [self.transactional_id(partition, turn) for turn in range(2)]
 
     async def prepare(self, partitions: Iterable[int]) -> None:
         """The assignment is ``partitions``: close the lanes of partitions no longer ours, start a
@@ -159,16 +188,17 @@ class PartitionTransactions:
         started = time.monotonic()
         await self.close(set(self.lanes) - wanted)
         new = sorted(wanted - set(self.lanes))
-        producers = {p: self.new_producer(self.transactional_id(p)) for p in new}
+        # Every id of the partition is fenced (all started) before its committed offsets are read.
+        producers = {p: tuple(self.new_producer(tid) for tid in self.transactional_ids(p)) for p in new}
         results = await asyncio.gather(
-            *(producer.start() for producer in producers.values()), return_exceptions=True
+            *(producer.start() for group in producers.values() for producer in group), return_exceptions=True
         )
         failure = next((r for r in results if isinstance(r, BaseException)), None)
-        for partition, producer in producers.items():
+        for partition, group in producers.items():
             if failure is None:
-                self.lanes[partition] = _Lane(partition, producer)
+                self.lanes[partition] = _Lane(partition, group, turns=self.in_flight)
             else:  # all or none: the assignment is not usable with a partition missing
-                await _stop_quietly(producer)
+                await asyncio.gather(*(_stop_quietly(producer) for producer in group))
         if failure is not None:
             raise failure
         if new:
@@ -200,6 +230,8 @@ class PartitionTransactions:
             lane.on_committed.append(on_committed)
         if lane.task is None or lane.task.done():
             lane.task = asyncio.create_task(self._run(lane), name=f"wagate-txn-p{partition}")
+        else:
+            lane.submitted.set()
 
     async def wait_capacity(self, partitions: Iterable[int]) -> None:
         for partition in partitions:
@@ -249,20 +281,47 @@ class PartitionTransactions:
                             CLOSE_TIMEOUT_SECONDS,
                         )
                         lane.task.cancel()
+                        _abandon(lane, cancel=True)
                         self._drop(lane)  # nothing of it will commit: whoever waits on it goes on
                         break
             if self.failed is not None:
                 raise RuntimeError("a transaction failed") from self.failed
         finally:
-            await asyncio.gather(*(_stop_quietly(lane.producer) for lane in closing))
+            await asyncio.gather(*(_retire(lane) for lane in closing))
 
     async def _run(self, lane: _Lane) -> None:
-        producer = lane.producer
+        """Transactions of the lane while it has work, the producers taking turns (see the module's
+        docstring); ends once nothing is pending and the last one has committed."""
+        previous: asyncio.Task[None] | None = None  # the last transaction's commit
+        opened: AIOKafkaProducer | None = None  # begun, not yet handed to a commit
         try:
-            while lane.pending:
+            while True:
+                if not lane.pending:
+                    if previous is None or previous.done():
+                        if previous is not None:
+                            previous.result()  # (raises why it failed)
+                        return  # no await since the check: the next submit starts a new run
+                    # Committing: begin the next transaction as soon as work comes, not after the commit.
+                    lane.submitted.clear()
+                    woken = asyncio.ensure_future(lane.submitted.wait())
+                    try:
+                        await asyncio.wait((previous, woken), return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        woken.cancel()
+                    if previous.done():
+                        previous.result()  # failed: nothing more begins (raises why)
+                    continue
+                if previous is not None and previous.done():
+                    previous.result()  # failed: nothing more begins (raises why)
+                turn = lane.turn
+                producer = lane.producers[turn]
+                last = lane.commits[turn]
+                if last is not None:
+                    await last  # this producer's previous transaction has ended (or this raises why not)
                 outputs, offsets, callbacks = lane.outputs, lane.offsets, lane.on_committed
                 lane.outputs, lane.offsets, lane.on_committed = [], {}, []
                 began = time.monotonic()
+                opened = producer
                 await producer.begin_transaction()
                 sent = await self.send_outputs(producer, outputs)
                 if offsets:
@@ -270,19 +329,29 @@ class PartitionTransactions:
                     committed = {tp: OffsetAndMetadata(offset, metadata) for tp, offset in offsets.items()}
                     await producer.send_offsets_to_transaction(committed, self.group_id)
                 # aiokafka commits a transaction whose batches failed without them: every batch must be
-                # acknowledged first (a failure, ProducerFenced included, is raised here instead).
+                # acknowledged first (a failure, ProducerFenced included, is raised here instead). Once
+                # they are, the next transaction may begin: its records come after these everywhere.
                 await asyncio.gather(*(item.future for item in sent))
-                await producer.commit_transaction()
-                if self.on_commit is not None:
-                    self.on_commit(outputs, sent, offsets, time.monotonic() - began)
-                for callback in callbacks:
-                    callback()
-                lane.progress.set()
+                previous = lane.commits[turn] = asyncio.create_task(
+                    self._commit(lane, producer, previous, outputs, sent, offsets, callbacks, began),
+                    name=f"wagate-txn-p{lane.partition}-commit",
+                )
+                opened = None
+                lane.turn = (turn + 1) % lane.turns
         except Exception as exc:
-            fenced = fenced_cause(producer, exc, FENCED_ERRORS)
+            _abandon(lane)  # a commit still running ends on its own; the failure reported is this one
+            # Best effort: a transaction that will never commit is aborted rather than pin the last
+            # stable offset of what it wrote until the next owner fences it (a fenced producer cannot
+            # abort: then the fencing has aborted it already).
+            lane.opened = opened
+            fenced = next(
+                (cause for p in lane.producers if (cause := fenced_cause(p, exc, FENCED_ERRORS))), None
+            )
             if fenced is not None:
-                self._lose(lane, fenced)
+                self._lose(lane, fenced)  # (its producers are retired: the open one aborted first)
                 return
+            if opened is not None:
+                asyncio.get_running_loop().create_task(_abort_quietly(opened))
             # Broker gone past retries, a failed batch:
             # Nothing of the open transaction becomes visible; the worker stops, and whoever takes
             # the partition over (this worker restarted, or another) starts from the last commit.
@@ -297,6 +366,33 @@ class PartitionTransactions:
             )
             self.on_failure(exc)
 
+    async def _commit(
+        self,
+        lane: _Lane,
+        producer: AIOKafkaProducer,
+        previous: asyncio.Task[None] | None,
+        outputs: list[Output],
+        sent: list[Sent],
+        offsets: dict[TopicPartition, int],
+        callbacks: list[Callable[[], None]],
+        began: float,
+    ) -> None:
+        """Commit after the previous transaction has: if it failed, so does this (never committed; the
+        partition's next owner aborts it when it fences this id)."""
+        if previous is not None:
+            try:
+                await previous
+            except Exception:
+                await _abort_quietly(producer)  # never to commit: not left open to pin what it wrote
+                raise
+        await producer.commit_transaction()
+        if self.on_commit is not None:  # committed: its state writes are durable, lane lost or not
+            self.on_commit(outputs, sent, offsets, time.monotonic() - began)
+        if not lane.lost:  # (progress of a partition this worker has given up is not its to report)
+            for callback in callbacks:
+                callback()
+        lane.progress.set()
+
     @staticmethod
     def _drop(lane: _Lane) -> None:
         """What the lane holds will never commit: let it go, and wake whoever waits for its capacity."""
@@ -307,6 +403,7 @@ class PartitionTransactions:
         """The partition has moved (or its transaction timed out): nothing of the open transaction
         becomes visible, the new owner starts from the last commit. Only this lane is dropped, and the
         runner told only when it was still the partition's lane (a closed one is gone already)."""
+        lane.lost = True
         self._drop(lane)
         current = self.lanes.get(lane.partition) is lane
         if current:
@@ -317,9 +414,48 @@ class PartitionTransactions:
             type(exc).__name__,
             "; dropping it and rejoining the group" if current else " after its revocation",
         )
-        asyncio.get_running_loop().create_task(_stop_quietly(lane.producer))
+        asyncio.get_running_loop().create_task(_retire(lane))
         if current and self.on_lost is not None:
             self.on_lost(lane.partition, exc)
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """Mark a commit task's failure as seen (the lane's own failure is what is reported)."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _abandon(lane: _Lane, cancel: bool = False) -> None:
+    """The lane's run has ended on a failure (or was given up): its commit tasks' failures are not
+    reported again; ``cancel`` stops them (a revocation that gave up waiting)."""
+    for task in lane.commits:
+        if task is None:
+            continue
+        if cancel:
+            task.cancel()
+        if task.done():
+            _retrieved(task)
+        else:
+            task.add_done_callback(_retrieved)
+
+
+async def _retire(lane: _Lane) -> None:
+    """Stop a lane's producers once its commits still running have ended (bounded: a commit that hangs
+    is cancelled; stopping a producer under a running commit would leave that commit pending for ever)."""
+    running = [task for task in lane.commits if task is not None and not task.done()]
+    if running:
+        await asyncio.wait(running, timeout=CLOSE_TIMEOUT_SECONDS)
+        _abandon(lane, cancel=True)
+    if lane.opened is not None:
+        await _abort_quietly(lane.opened)
+    await asyncio.gather(*(_stop_quietly(producer) for producer in lane.producers))
+
+
+async def _abort_quietly(producer: AIOKafkaProducer) -> None:
+    try:
+        await asyncio.wait_for(producer.abort_transaction(), _STOP_TIMEOUT_SECONDS)
+    except Exception as exc:  # fenced, or the broker gone: the next owner's fencing aborts it instead
+        log.debug("aborting an abandoned transaction: %s", type(exc).__name__)
 
 
 async def _stop_quietly(producer: AIOKafkaProducer) -> None:

@@ -55,7 +55,7 @@ class StateStore(Protocol):
     def put(self, partition: int, key: bytes, value: bytes) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # (not frozen: built for every record produced, and frozen init costs ~2 µs)
 class Output:
     """One record to produce. ``partition`` None lets the producer's partitioner choose."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import time
 from typing import Any
 
@@ -234,6 +235,14 @@ def test_metrics_count_decisions_without_personal_data(gate: Gate, pnid: str) ->
     # Faust's own figures: lag per topic, commits, rebalances (the worker joined its group once at least)
     assert f'wagate_consumer_lag{{topic="{gate.topo.requests.name}"}}' in body
     assert gate.worker.metric_sum("wagate_rebalances_total") >= 1
+    # The Kafka requests behind it, by API, from the consumer's thread and the transactional producers.
+    requests = {
+        api: float(value)
+        for api, value in re.findall(r'^wagate_kafka_requests_total\{api="(\w+)"\} (\S+)$', body, re.M)
+    }
+    assert requests.get("Fetch", 0) >= 1 and requests.get("Produce", 0) >= 1
+    if gate.settings.processing_guarantee == "exactly_once":
+        assert requests.get("EndTxn", 0) >= 1 and requests.get("TxnOffsetCommit", 0) >= 1
     deadline = time.monotonic() + 30
     while gate.worker.metric_sum("wagate_commit_latency_seconds_count") == 0:
         assert time.monotonic() < deadline, "no commit was measured"

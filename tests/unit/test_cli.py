@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 def wagate(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -40,8 +41,24 @@ def test_an_unreachable_broker_says_which_address_and_what_to_do() -> None:
 def test_help_lists_every_command() -> None:
     result = wagate("--help")
     assert result.returncode == 0
-    for command in ("worker", "topics", "schemas", "demo", "bench"):
+    for command in ("worker", "topics", "schemas", "demo", "bench", "bench-scale"):
         assert command in result.stdout
+
+
+def test_bench_scale_refuses_counts_that_are_not_whole_numbers_and_names_the_option() -> None:
+    result = wagate("bench-scale", "--workers", "1,two")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--workers" in result.stderr and "expected comma-separated whole numbers" in result.stderr
+    result = wagate("bench-scale", "--partitions", "0")
+    assert result.returncode == 2 and "every count must be at least 1" in result.stderr
+
+
+def test_the_quix_peer_names_how_to_get_its_interpreter(tmp_path: Path) -> None:
+    result = wagate(
+        "bench", "--systems", "quix", WAGATE_BENCH_QUIX_PYTHON=str(tmp_path / "missing" / "python")
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "make bench" in result.stderr and "WAGATE_BENCH_QUIX_PYTHON" in result.stderr
 
 
 def test_the_webhook_receiver_refuses_to_start_without_the_app_secret() -> None:

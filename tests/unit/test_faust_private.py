@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
+import rocksdict
+from faust.stores import rocksdb as faust_rocksdb
 
 from streams import faust_private
 from streams.faust_private import FaustIncompatible, check_faust
@@ -54,7 +57,7 @@ def test_every_private_member_used_in_the_module_is_checked() -> None:
     own |= {"_committed", "_sink_positions", "_sink_topics", "_moved", "_handle"}
     own |= {"_stop_taking", "_new_assignment"}
     own |= {"_end_recovery_at_markers", "_last_changelog_record", "_fencing", "_fenced", "_sink_partitions"}
-    own |= {"_write", "_read", "_scan_store", "_pending"}  # PartitionedState's own
+    own |= {"_write", "_write_many", "_read", "_scan_store", "_pending"}  # PartitionedState's own
     checked = {member for _, member in faust_private._REQUIRED}
     assert used - own - checked == set()
 
@@ -89,3 +92,40 @@ def test_undeferred_state_writes_through() -> None:
     state = faust_private.PartitionedState(table, lambda key: 0)
     state.put(0, b"k", b"v")
     assert table.data == {b"k": b"v"}
+
+
+class _RocksTable:
+    """A table whose data is Faust's RocksDB store over real rocksdict databases (no app needed)."""
+
+    def __init__(self, path: Path) -> None:
+        store = faust_rocksdb.Store.__new__(faust_rocksdb.Store)
+        store.use_rocksdict = True
+        self.dbs: dict[int, Any] = {}
+
+        def db_for_partition(partition: int) -> Any:
+            if partition not in self.dbs:
+                self.dbs[partition] = rocksdict.Rdict(
+                    str(path / str(partition)), options=rocksdict.Options(raw_mode=True)
+                )
+            return self.dbs[partition]
+
+        store._db_for_partition = db_for_partition  # type: ignore[method-assign]
+        self.data = store
+
+
+def test_a_committed_transaction_is_one_rocksdb_write_batch(tmp_path: Path) -> None:
+    """The writes of a committed transaction land in the partition's RocksDB database, the last write
+    of a key winning, and a key written again since stays pending (it is the newer value)."""
+    table = _RocksTable(tmp_path)
+    state = faust_private.PartitionedState(table, lambda key: 0, deferred=True)
+    writes = [(b"a", b"a1"), (b"b", b"b1"), (b"a", b"a2")]  # the same key twice in one transaction
+    for key, value in writes:
+        state.put(1, key, value)
+    state.put(1, b"b", b"b2")  # a later step's write, in the next transaction
+    state.committed(1, writes)
+    db = table.dbs[1]
+    assert db[b"a"] == b"a2" and db[b"b"] == b"b1"
+    assert 0 not in table.dbs  # written by explicit partition only
+    assert state.pending(1) == 1 and state.get(1, b"b") == b"b2"
+    for db in table.dbs.values():
+        db.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from hypothesis import given, settings
@@ -163,3 +164,25 @@ def test_every_request_gets_exactly_one_route_with_a_reason_that_fits_it(
     # the same request again is a duplicate, never a second send
     again, _ = decide(req, received, new_state, now, RULES)
     assert (again.route, again.reason) == ("rejected", "duplicate_request")
+
+
+def _snapshot(state: ContactState) -> dict[str, Any]:
+    return {name: copy.deepcopy(getattr(state, name)) for name in ContactState.__slots__}
+
+
+@given(st.lists(events(), max_size=8), events(), st.floats(min_value=T0 - DAY, max_value=T0 + 2 * DAY))
+def test_no_policy_function_changes_the_state_it_was_given(
+    evts: list[InboundEvent], event: InboundEvent, now: float
+) -> None:
+    """ContactState is not frozen (for speed): the policy must make new states, never edit one (the
+    pipeline keeps the old one for pending writes and compares them by identity)."""
+    state = fold(evts, now)
+    before = _snapshot(state)
+    apply_inbound(state, event, now, RULES)
+    assert _snapshot(state) == before
+    req, received = request(fallback_template=FALLBACK)
+    decide(req, received, state, now, RULES)
+    assert _snapshot(state) == before
+    _, decided = decide(req, received, state, now, RULES)
+    decide(req, received, decided, now + 1, RULES)  # a duplicate, against a state that has decided it
+    assert _snapshot(state) == before

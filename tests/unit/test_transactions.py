@@ -178,3 +178,196 @@ def test_work_waiting_for_capacity_goes_on_once_revocation_gives_its_lane_up(
         await asyncio.wait_for(waiting, 5)  # the fetch loop would otherwise wait forever
 
     asyncio.run(go())
+
+
+class _Turns:
+    """Producers keyed by transactional id, logging begins and commits in one shared list; a commit
+    waits for its gate (an Event per commit, in order) so a test decides when each one ends."""
+
+    def __init__(self, fail_commit: int | None = None) -> None:
+        self.log: list[tuple[str, str]] = []
+        self.gates: list[asyncio.Event] = []
+        self.fail_commit = fail_commit  # the n-th commit (0-based) is fenced
+        self.producers: dict[str, Any] = {}
+
+    def new(self, transactional_id: str) -> Any:
+        turns = self
+
+        class Producer(_Producer):
+            async def begin_transaction(self) -> None:
+                turns.log.append(("begin", transactional_id))
+
+            async def abort_transaction(self) -> None:
+                turns.log.append(("abort", transactional_id))
+
+            async def commit_transaction(self) -> None:
+                n = sum(1 for event, _ in turns.log if event == "commit-start")
+                turns.log.append(("commit-start", transactional_id))
+                while len(turns.gates) <= n:
+                    turns.gates.append(asyncio.Event())
+                await turns.gates[n].wait()
+                if n == turns.fail_commit:
+                    raise ProducerFenced()
+                turns.log.append(("commit", transactional_id))
+                self.commits += 1
+
+        self.producers[transactional_id] = Producer()
+        return self.producers[transactional_id]
+
+    def release(self, n: int) -> None:
+        while len(self.gates) <= n:
+            self.gates.append(asyncio.Event())
+        self.gates[n].set()
+
+
+def _lanes_over(
+    turns: _Turns, in_flight: int, committed: list[int], lost: list[int]
+) -> PartitionTransactions:
+    async def send_outputs(_: Any, outputs: list[Output]) -> list[Sent]:
+        return []
+
+    def on_commit(
+        outputs: list[Output], sent: list[Sent], offsets: dict[TopicPartition, int], _: float
+    ) -> None:
+        committed.append(offsets[INPUT])
+
+    return PartitionTransactions(
+        "app",
+        "app",
+        turns.new,
+        send_outputs,
+        lambda exc: None,
+        on_commit=on_commit,
+        on_lost=lambda partition, _: lost.append(partition),
+        in_flight=in_flight,
+    )
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def _two_submitted(turns: _Turns, committed: list[int], lost: list[int]) -> PartitionTransactions:
+    """Partition 0 with two in flight, offset 5 submitted, then offset 9 while 5 commits."""
+    txns = _lanes_over(turns, 2, committed, lost)
+    await txns.prepare([0])
+    txns.submit(0, [], {INPUT: 5})
+    await _settle()
+    txns.submit(0, [], {INPUT: 9})
+    await _settle()
+    return txns
+
+
+def test_the_next_transaction_begins_while_the_previous_commits_and_commits_after_it() -> None:
+    async def go() -> None:
+        turns, committed, lost = _Turns(), list[int](), list[int]()
+        txns = await _two_submitted(turns, committed, lost)
+        assert sorted(turns.producers) == ["app-p0", "app-p0-b"]  # both fenced before offsets are read
+        assert turns.log == [
+            ("begin", "app-p0"),
+            ("commit-start", "app-p0"),
+            ("begin", "app-p0-b"),  # not waiting for the first commit
+        ]
+        txns.submit(0, [], {INPUT: 12})  # a third: producer a is still committing, so it waits
+        await _settle()
+        assert ("begin", "app-p0") not in turns.log[1:]
+        turns.release(0)
+        await _settle()
+        turns.release(1)
+        turns.release(2)
+        await asyncio.wait_for(txns.flush(), 5)
+        commits = [tid for event, tid in turns.log if event == "commit"]
+        assert commits == ["app-p0", "app-p0-b", "app-p0"]
+        assert committed == [5, 9, 12]  # in the order submitted
+        assert lost == []
+
+    asyncio.run(go())
+
+
+def test_a_fenced_commit_keeps_the_transaction_after_it_from_committing() -> None:
+    async def go() -> None:
+        turns, committed, lost = _Turns(fail_commit=0), list[int](), list[int]()
+        txns = await _two_submitted(turns, committed, lost)
+        assert ("begin", "app-p0-b") in turns.log
+        turns.release(0)  # the first commit is fenced
+        turns.release(1)
+        await asyncio.wait_for(txns.flush(), 5)
+        assert [event for event in turns.log if event[0] == "commit"] == []
+        assert ("commit-start", "app-p0-b") not in turns.log  # never asked to commit
+        assert ("abort", "app-p0-b") in turns.log  # not left open to pin what it wrote
+        assert committed == [] and lost == [0] and 0 not in txns.lanes
+        await _settle()
+        assert all(producer.stopped for producer in turns.producers.values())
+
+    asyncio.run(go())
+
+
+def test_one_in_flight_keeps_one_transactional_id_and_one_transaction_at_a_time() -> None:
+    async def go() -> None:
+        turns, committed, lost = _Turns(), list[int](), list[int]()
+        txns = _lanes_over(turns, 1, committed, lost)
+        await txns.prepare([0])
+        # Both ids are fenced (a previous owner may have had two in flight); one takes the turns.
+        assert sorted(turns.producers) == ["app-p0", "app-p0-b"]
+        txns.submit(0, [], {INPUT: 5})
+        await _settle()
+        txns.submit(0, [], {INPUT: 9})
+        await _settle()
+        assert turns.log == [("begin", "app-p0"), ("commit-start", "app-p0")]
+        turns.release(0)
+        turns.release(1)
+        await asyncio.wait_for(txns.flush(), 5)
+        assert committed == [5, 9]
+        assert ("begin", "app-p0-b") not in turns.log
+
+    asyncio.run(go())
+
+
+def test_nothing_begins_after_a_commit_failed_even_with_work_pending() -> None:
+    async def go() -> None:
+        turns, committed, lost = _Turns(fail_commit=0), list[int](), list[int]()
+        txns = _lanes_over(turns, 2, committed, lost)
+        await txns.prepare([0])
+        txns.submit(0, [], {INPUT: 5})
+        await _settle()  # committing; the run waits for work or the commit
+        turns.release(0)  # the commit is fenced ...
+        txns.submit(0, [], {INPUT: 9})  # ... as new work comes in
+        await asyncio.wait_for(txns.flush(), 5)
+        assert ("begin", "app-p0-b") not in turns.log
+        assert committed == [] and lost == [0]
+
+    asyncio.run(go())
+
+
+def test_the_turns_alternate_across_runs_so_both_ids_stay_in_use() -> None:
+    async def go() -> None:
+        turns, committed, lost = _Turns(), list[int](), list[int]()
+        txns = _lanes_over(turns, 2, committed, lost)
+        await txns.prepare([0])
+        for n, offset in enumerate((5, 9, 12)):  # one at a time: each run ends before the next submit
+            txns.submit(0, [], {INPUT: offset})
+            await _settle()
+            turns.release(n)
+            await asyncio.wait_for(txns.flush(), 5)
+        assert [tid for event, tid in turns.log if event == "begin"] == ["app-p0", "app-p0-b", "app-p0"]
+        assert committed == [5, 9, 12]
+
+    asyncio.run(go())
+
+
+def test_revocation_during_an_overlap_commits_both_in_order_then_stops_both_producers() -> None:
+    async def go() -> None:
+        turns, committed, lost = _Turns(), list[int](), list[int]()
+        txns = await _two_submitted(turns, committed, lost)
+        closing = asyncio.create_task(txns.close([0]))
+        await _settle()
+        txns.submit(0, [], {INPUT: 12})  # after close began: not this lane's (redone by the next owner)
+        assert not closing.done()
+        turns.release(0)
+        turns.release(1)
+        await asyncio.wait_for(closing, 5)
+        assert committed == [5, 9] and txns.discarded == 1
+        assert all(producer.stopped for producer in turns.producers.values())
+
+    asyncio.run(go())
