@@ -332,6 +332,19 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+def paced_request(rid: str, to: str) -> tuple[bytes, bytes]:
+    """(value, key) of a paced request: free-form with a fallback template, keyed by its ``to``."""
+    request = {
+        "request_id": rid,
+        "phone_number_id": PNID,
+        "to": to,
+        "origin": "agent",
+        "message": TEXT,
+        "fallback_template": TEMPLATE,
+    }
+    return orjson.dumps(request), f"{PNID}:{to}".encode()
+
+
 def decisions_reader(settings: Settings, topo: Topology) -> AIOKafkaConsumer:
     """A consumer of the three decision topics from the start, as downstream senders must read them."""
     return AIOKafkaConsumer(
@@ -415,18 +428,10 @@ async def measure(
         for i in range(paced):
             rid = f"p{i}"
             to = f"US.{i % ALIASED_CONTACTS}" if i % 2 else f"u{i % ALIASED_CONTACTS}"
-            req = {
-                "request_id": rid,
-                "phone_number_id": PNID,
-                "to": to,
-                "origin": "agent",
-                "message": TEXT,
-                "fallback_template": TEMPLATE,
-            }
             target = time.time() + 1 / rate
             produced[rid] = time.time()
-            key = f"{PNID}:{to}".encode()
-            await paced_producer.send_and_wait(topo.requests.name, orjson.dumps(req), key=key)
+            value, key = paced_request(rid, to)
+            await paced_producer.send_and_wait(topo.requests.name, value, key=key)
             await asyncio.sleep(max(0.0, target - time.time()))
         await collector
         by_phone = [paced_arrivals[r] - produced[r] for r in paced_arrivals if int(r[1:]) % 2 == 0]

@@ -36,15 +36,14 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.bench import (
-    PNID,
-    TEMPLATE,
-    TEXT,
     _child_env,
     _collect,
+    _request_id,
     _stop,
     build_workload,
     cpu_seconds,
     decisions_reader,
+    paced_request,
     produce_workload,
 )
 from streams.kafka_security import client_kwargs
@@ -206,8 +205,8 @@ async def _churn(
             now = time.time()
             for records in batches.values():
                 for record in records:
-                    rid = orjson.loads(record.value).get("request_id")
-                    if isinstance(rid, str) and rid.startswith("c"):
+                    rid = _request_id(record.value)
+                    if rid is not None and rid.startswith("c"):
                         seen[rid] += 1
                         arrivals.setdefault(rid, now)
 
@@ -232,17 +231,8 @@ async def _churn(
             if extra is not None and not left_at and elapsed >= LEAVE_AFTER_S:
                 left_at = time.time()
                 await asyncio.to_thread(extra.stop)
-            user = f"u{i % PACED_CONTACTS}"
-            request = {
-                "request_id": f"c{i}",
-                "phone_number_id": PNID,
-                "to": user,
-                "origin": "agent",
-                "message": TEXT,
-                "fallback_template": TEMPLATE,
-            }
             await producer.send_and_wait(
-                topo.requests.name, orjson.dumps(request), key=f"{PNID}:{user}".encode()
+                topo.requests.name, *paced_request(f"c{i}", f"u{i % PACED_CONTACTS}")
             )
             await asyncio.sleep(max(0.0, began + (i + 1) / PACED_RATE - time.time()))
         deadline = time.time() + 120

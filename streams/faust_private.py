@@ -246,7 +246,7 @@ def tune_transactions() -> None:
         sender.BACKOFF_OVERRIDE = _TXN_FIRST_ADD_BACKOFF_SECONDS
 
 
-_request_counters: list[Callable[[str], None]] = []
+_count_request: Callable[[str], None] | None = None  # one worker per process: the latest app's metrics
 
 
 def count_kafka_requests(count: Callable[[str], None]) -> None:
@@ -255,7 +255,8 @@ def count_kafka_requests(count: Callable[[str], None]) -> None:
     decision costs the brokers. aiokafka's connection class is wrapped once per process."""
     from aiokafka import conn
 
-    _request_counters[:] = [count]  # one worker per process: the latest app's metrics count
+    global _count_request
+    _count_request = count
     send = conn.AIOKafkaConnection.send
     if getattr(send, "_wagate_counted", False):
         return
@@ -263,9 +264,8 @@ def count_kafka_requests(count: Callable[[str], None]) -> None:
     @functools.wraps(send)
     def counted_send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
         sending = send(self, request, *args, **kwargs)  # (raises when there is no connection)
-        api = type(request).__name__.split("_v", 1)[0].removesuffix("Request")
-        for counter in _request_counters:
-            counter(api)
+        if _count_request is not None:
+            _count_request(type(request).__name__.split("_v", 1)[0].removesuffix("Request"))
         return sending
 
     counted_send._wagate_counted = True  # type: ignore[attr-defined]

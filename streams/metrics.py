@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from streams.policy.rules import ORIGINS
 
@@ -36,7 +37,7 @@ class LoopHistogram(Collector):
         cumulative, running = [], 0
         for bound, count in zip(self.bounds, self.counts, strict=True):
             running += count
-            cumulative.append((_bound_text(bound), running))
+            cumulative.append((floatToGoString(bound), running))  # type: ignore[no-untyped-call]
         yield HistogramMetricFamily(self.name, self.documentation, buckets=cumulative, sum_value=self.sum)
 
 
@@ -62,10 +63,6 @@ class LoopCounter(Collector):
         for labels, value in list(self.values.items()):
             family.add_metric(list(labels), value)
         yield family
-
-
-def _bound_text(bound: float) -> str:
-    return "+Inf" if bound == math.inf else repr(float(bound))
 
 
 class GateMetrics:

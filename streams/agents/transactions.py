@@ -308,9 +308,7 @@ class PartitionTransactions:
                         await asyncio.wait((previous, woken), return_when=asyncio.FIRST_COMPLETED)
                     finally:
                         woken.cancel()
-                    if previous.done():
-                        previous.result()  # failed: nothing more begins (raises why)
-                    continue
+                    continue  # (a failed commit raises below, or above when nothing is pending)
                 if previous is not None and previous.done():
                     previous.result()  # failed: nothing more begins (raises why)
                 turn = lane.turn
