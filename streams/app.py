@@ -110,7 +110,11 @@ def create_app(settings: Settings, clock: Clock = time.time) -> GateApp:
     metrics = GateMetrics()
     count_kafka_requests(lambda api: metrics.kafka_requests.labels(api).inc())
     cast(LeanMonitor, app.monitor).export_to(metrics.registry)
-    registry = Registry(configured_numbers=settings.configured_numbers)
+    registry = Registry(
+        configured_numbers=settings.configured_numbers,
+        configured_portfolios=settings.configured_portfolios,
+        configured_limits=settings.configured_limits,
+    )
     follower = RegistryFollower(settings, topo, registry, metrics)  # dead letters go out via the runner
     if settings.clock_offset_seconds:
         base_clock, offset = clock, settings.clock_offset_seconds

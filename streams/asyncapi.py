@@ -38,6 +38,8 @@ class TopicDoc:
     read_by: str
     gate: str  # "receive" or "send": what the gate does with it
     summary: str
+    # Other payloads the topic carries: (WIRE_MODELS name, its key).
+    also: tuple[tuple[str, str], ...] = ()
 
 
 TOPICS: tuple[TopicDoc, ...] = (
@@ -60,6 +62,12 @@ TOPICS: tuple[TopicDoc, ...] = (
         "the gate",
         "receive",
         "User messages, calls, statuses, preferences and system events: the window's inputs.",
+        also=(
+            (
+                "LimitEvent",
+                "`limits:<portfolio>` (kind `limit`: the gate's own bookkeeping of messaging limits)",
+            ),
+        ),
     ),
     TopicDoc(
         "requests",
@@ -170,12 +178,12 @@ def build(topo: Topology | None = None) -> dict[str, Any]:
     messages: dict[str, Any] = {}
     for doc in TOPICS:
         spec = getattr(topo, doc.attribute)
-        message_ref = {"$ref": f"#/components/messages/{doc.message}"}
+        carried = ((doc.message, doc.key), *doc.also)
         channels[doc.attribute] = {
             "address": spec.name,
             "title": spec.name,
             "description": f"{doc.summary} Written by {doc.written_by}; read by {doc.read_by}.",
-            "messages": {doc.message: message_ref},
+            "messages": {name: {"$ref": f"#/components/messages/{name}"} for name, _ in carried},
             "bindings": {
                 "kafka": {
                     "topic": spec.name,
@@ -194,20 +202,18 @@ def build(topo: Topology | None = None) -> dict[str, Any]:
             "action": verb,
             "channel": {"$ref": f"#/channels/{doc.attribute}"},
             "summary": f"The gate {'reads' if verb == 'receive' else 'writes'} {spec.name}.",
-            "messages": [{"$ref": f"#/channels/{doc.attribute}/messages/{doc.message}"}],
+            "messages": [{"$ref": f"#/channels/{doc.attribute}/messages/{name}"} for name, _ in carried],
         }
-        if doc.message not in messages:
-            payload: Any = (
-                WEBHOOK_BODY_SCHEMA
-                if doc.message == "WebhookBody"
-                else {"$ref": f"./{doc.message}.schema.json"}
-            )
-            messages[doc.message] = {
-                "name": doc.message,
+        for name, key in carried:
+            if name in messages:
+                continue
+            payload: Any = WEBHOOK_BODY_SCHEMA if name == "WebhookBody" else {"$ref": f"./{name}.schema.json"}
+            messages[name] = {
+                "name": name,
                 "contentType": "application/json",
                 "payload": payload,
                 "bindings": {
-                    "kafka": {"key": {"type": "string", "description": doc.key}, "bindingVersion": "0.5.0"}
+                    "kafka": {"key": {"type": "string", "description": key}, "bindingVersion": "0.5.0"}
                 },
             }
     return {

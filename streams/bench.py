@@ -14,7 +14,9 @@ contacts each write (acknowledged) and get a free-form request at once: how many
 being wrong; the gate with ``WAGATE_MAX_HOLD_SECONDS=0`` shows what holding costs when nothing lags.
 
 Systems: ``gate`` (the defaults: exactly_once, ordering on), ``gate_at_least_once`` (no transactions),
-``gate_unordered`` (``WAGATE_MAX_HOLD_SECONDS=0``), ``gate_garbage`` (the defaults, with one garbage
+``gate_unordered`` (``WAGATE_MAX_HOLD_SECONDS=0``), ``gate_limited`` (the defaults with a portfolio
+messaging limit no run reaches: what the guard's hop through the portfolio's partition costs),
+``gate_garbage`` (the defaults, with one garbage
 record after every ten of the workload: random bytes, deep nesting, NaN, tombstones, keys that are not
 UTF-8, wrong types, far-past timestamps, 100 KB strings, and a few 1 MB values), and the reference.
 
@@ -142,6 +144,7 @@ def build_workload(requests: int, contacts: int, now: float, seed: int = 7) -> W
 
 
 async def reference_loop(settings: Settings) -> None:
+    from streams.models import InboundEvent
     from streams.policy.decide import decide, decide_invalid
     from streams.policy.parse import InvalidPayload, parse_inbound_event, parse_send_request
     from streams.policy.window import EMPTY_STATE, ContactState, apply_inbound
@@ -171,7 +174,7 @@ async def reference_loop(settings: Settings) -> None:
                     now = time.time()
                     if tp.topic == topo.inbound.name:
                         event = parse_inbound_event(record.value)
-                        if not isinstance(event, InvalidPayload):
+                        if isinstance(event, InboundEvent):
                             key = record.key.decode()
                             new, _ = apply_inbound(state.get(key, EMPTY_STATE), event, now, rules)
                             state[key] = new
@@ -236,6 +239,15 @@ SYSTEMS: dict[str, tuple[list[str], dict[str, str]]] = {
     "gate_at_least_once": (_WORKER, {"WAGATE_PROCESSING_GUARANTEE": "at_least_once"}),
     "gate_unordered": (_WORKER, {"WAGATE_MAX_HOLD_SECONDS": "0"}),
     "gate_garbage": (_WORKER, {}),  # fed with_garbage(workload)
+    # The messaging-limit guard on, with a limit no run reaches: every business-initiated decision (a
+    # template to a closed window, a fallback conversion) takes its slot on the portfolio's partition.
+    "gate_limited": (
+        _WORKER,
+        {
+            "WAGATE_PHONE_NUMBER_WABAS": f"{PNID}={PNID}-waba",
+            "WAGATE_MESSAGING_LIMITS": f"{PNID}-waba=10000000",
+        },
+    ),
 }
 
 
@@ -537,6 +549,10 @@ async def run_bench(
             results["gate_garbage"]["decisions_per_s"] / gate["decisions_per_s"], 3
         ),
         "ratio_gate_over_reference": round(gate["decisions_per_s"] / reference["decisions_per_s"], 3),
+        # What the messaging-limit guard costs: the same run with a limit every request is checked against.
+        "ratio_limited_over_gate": round(
+            results["gate_limited"]["decisions_per_s"] / gate["decisions_per_s"], 3
+        ),
         # What users compare: wagate against the Quix Streams gate, at each guarantee.
         "ratio_gate_over_quix": round(gate["decisions_per_s"] / results["quix"]["decisions_per_s"], 3),
         "ratio_gate_at_least_once_over_quix_at_least_once": round(

@@ -21,6 +21,7 @@ from typing import Any
 
 from quixstreams import Application, message_context
 
+from streams.models import InboundEvent
 from streams.policy.decide import decide, decide_invalid
 from streams.policy.parse import InvalidPayload, parse_inbound_event, parse_send_request
 from streams.policy.window import EMPTY_STATE, ContactState, apply_inbound
@@ -66,7 +67,7 @@ def main(guarantee: str) -> None:
         now = time.time()
         if message_context().topic == inbound.name:
             event = parse_inbound_event(value)
-            if not isinstance(event, InvalidPayload):
+            if isinstance(event, InboundEvent):
                 stored = state.get("contact")
                 current = EMPTY_STATE if stored is None else ContactState.from_dict(stored)
                 new, _ = apply_inbound(current, event, now, rules)

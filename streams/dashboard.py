@@ -132,6 +132,36 @@ PANELS: tuple[Panel, ...] = (
         unit="ops",
     ),
     Panel(
+        "Messaging limit used",
+        "Per business portfolio: distinct users reached with business-initiated templates in the last 24 h, "
+        "as a share of Meta's messaging limit (WagateMessagingLimitNear fires at 80%), and the requests "
+        "rejected with messaging_limit_reached.",
+        (
+            Query(
+                "max by (portfolio) (wagate_messaging_limit_used)"
+                " / max by (portfolio) (wagate_messaging_limit > 0)",
+                "{{portfolio}} used",
+            ),
+        ),
+        unit="percentunit",
+    ),
+    Panel(
+        "Sends Meta would refuse, stopped first",
+        "Rejected before Meta: messaging limit reached, authentication templates to a BSUID-only contact "
+        "(131062), marketing to a paused destination; and 131049 failures Meta returned for a paused one.",
+        (
+            Query(
+                'sum by (reason) (increase(wagate_decisions_total{reason=~"messaging_limit_reached|'
+                'recipient_requires_phone|marketing_unavailable_in_region"}[15m]))',
+                "{{reason}}",
+            ),
+            Query(
+                'sum by (region) (increase(wagate_marketing_unavailable_total{source="meta"}[15m]))',
+                "Meta refused marketing to {{region}}",
+            ),
+        ),
+    ),
+    Panel(
         "One person, several identifiers",
         "Identifiers learnt to be another name of a contact (phone number, BSUID, parent BSUID), records "
         "addressed by one of them and moved to the contact, and windows kept under a BSUID joined into it.",

@@ -120,6 +120,9 @@ def _has_member(owner: Any, member: str) -> bool:
 _FAUST_KEY_PREFIX = b"__faust"
 
 
+TOMBSTONE = b""  # PartitionedState.put(partition, key, TOMBSTONE) deletes the key
+
+
 class PartitionedState:
     """Contact state by explicit partition.
 
@@ -129,6 +132,7 @@ class PartitionedState:
 
     ``deferred`` (exactly_once): writes wait in memory until ``committed`` says their transaction is
     committed; reads see them at once. RocksDB then never holds a write that a crash could abort.
+    An empty value is a deletion (TOMBSTONE; its changelog record has no value): a read finds nothing.
     """
 
     def __init__(self, table: Any, partition_of: Callable[[bytes], int], deferred: bool = False) -> None:
@@ -143,7 +147,7 @@ class PartitionedState:
             if pending:
                 value = pending.get(key)
                 if value is not None:
-                    return value
+                    return value or None
         return self._read(partition, key)
 
     def put(self, partition: int, key: bytes, value: bytes) -> None:
@@ -181,9 +185,15 @@ class PartitionedState:
         if isinstance(store, faust_rocksdb.Store):
             # (Faust's Store._set also records the key's partition in an LRU index, for table reads
             # outside a stream; the gate never reads through the table API, so it skips that cost.)
-            store._db_for_partition(partition).put(key, value)
-        else:
+            db = store._db_for_partition(partition)
+            if value:
+                db.put(key, value)
+            else:
+                db.delete(key)
+        elif value:
             store[key] = value
+        else:
+            store.pop(key, None)
 
     def _write_many(self, partition: int, writes: list[tuple[bytes, bytes]]) -> None:
         """A transaction's writes in one RocksDB write batch: one call, one WAL entry (a ``put`` per key
@@ -192,7 +202,10 @@ class PartitionedState:
         if isinstance(store, faust_rocksdb.Store) and store.use_rocksdict:
             batch = rocksdict.WriteBatch(raw_mode=True)
             for key, value in writes:
-                batch.put(key, value)
+                if value:
+                    batch.put(key, value)
+                else:
+                    batch.delete(key)
             store._db_for_partition(partition).write(batch)
             return
         for key, value in writes:
@@ -203,8 +216,10 @@ class PartitionedState:
         pending writes taking precedence."""
         pending = dict(self._pending.get(partition, {}))
         for key, value in self._scan_store(partition):
-            yield key, pending.pop(key, value)
-        yield from pending.items()
+            value = pending.pop(key, value)
+            if value:
+                yield key, value
+        yield from ((key, value) for key, value in pending.items() if value)
 
     def _scan_store(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
         store = self.table.data

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -63,6 +63,38 @@ class LoopCounter(Collector):
         for labels, value in list(self.values.items()):
             family.add_metric(list(labels), value)
         yield family
+
+
+# (portfolio id, its messaging limit (-1: unlimited), distinct users reached in the last 24 h)
+PortfolioUsage = tuple[str, int, int]
+
+
+class PortfolioGauges(Collector):
+    """Each portfolio's messaging limit and usage, read at scrape time from the worker that holds the
+    portfolio's partition (another worker exports nothing for it, so sums across workers are exact).
+    The label is the business portfolio's id (configuration or the WABA id): never a user's."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.source: Callable[[], Iterable[PortfolioUsage]] = lambda: ()
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        limit = GaugeMetricFamily(
+            "wagate_messaging_limit",
+            "The business portfolio's messaging limit: distinct users reached outside their customer "
+            "service window per moving 24 h (-1: unlimited), from Meta's webhook or WAGATE_MESSAGING_LIMITS",
+            labels=["portfolio"],
+        )
+        used = GaugeMetricFamily(
+            "wagate_messaging_limit_used",
+            "Distinct users the portfolio reached with business-initiated messages in the last 24 h",
+            labels=["portfolio"],
+        )
+        for portfolio, value, count in self.source():
+            limit.add_metric([portfolio], value)
+            used.add_metric([portfolio], count)
+        yield limit
+        yield used
 
 
 class GateMetrics:
@@ -193,6 +225,22 @@ class GateMetrics:
         self.held_past_limit = Counter(
             "wagate_decisions_past_hold_limit",
             "Requests decided at WAGATE_MAX_HOLD_SECONDS before the inbound events before them were applied",
+            registry=self.registry,
+        )
+
+        self.portfolios = PortfolioGauges(self.registry)
+        self.limit_reservations = LoopCounter(
+            "wagate_messaging_limit_reservations",
+            "Business-initiated decisions checked against their portfolio's messaging limit, by outcome "
+            "(new_user: a slot taken, known_user: reached in the last 24 h already, refused)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.marketing_unavailable = Counter(
+            "wagate_marketing_unavailable",
+            "Marketing templates to a destination in WAGATE_MARKETING_PAUSES, by region and source (gate: "
+            "rejected before Meta; meta: a 131049 failure Meta returned for such a destination)",
+            ["region", "source"],
             registry=self.registry,
         )
 

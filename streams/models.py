@@ -37,6 +37,9 @@ Reason = Literal[
     "invalid_request",
     "unsupported_message",
     "origin_not_allowed",
+    "messaging_limit_reached",
+    "recipient_requires_phone",
+    "marketing_unavailable_in_region",
 ]
 
 
@@ -249,6 +252,51 @@ class Decision(BaseModel):
     )
 
 
+class LimitEvent(BaseModel):
+    """The gate's own bookkeeping of portfolio messaging limits, on ``wa.inbound`` (``kind: limit``).
+
+    ``capability``: a portfolio's limit from a ``business_capability_update`` webhook, written by the
+    normalizer to every partition (each decides whether a request needs a slot). ``reserve``: a
+    business-initiated decision waiting for a slot, written by the contact's partition to the
+    portfolio's (key ``limits:<portfolio>``), which publishes it or rejects it with
+    ``messaging_limit_reached``. Producers do not write these.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["limit"]
+    type: Literal["capability", "reserve"]
+    event_id: NonEmpty
+    portfolio: NonEmpty = Field(
+        description="the business portfolio (WAGATE_WABA_PORTFOLIOS, else the WABA id)"
+    )
+    timestamp: EpochSeconds = Field(description="capability: the webhook's time; reserve: the decision's")
+    waba_id: NonEmpty | None = Field(default=None, description="capability: the WABA the webhook named")
+    messaging_limit: int | None = Field(
+        default=None, ge=-1, description="capability: distinct users per moving 24 h; -1 is unlimited"
+    )
+    user: NonEmpty | None = Field(
+        default=None, description="reserve: the contact's canonical identifier, counted once per 24 h"
+    )
+    decision: Decision | None = Field(
+        default=None, description="reserve: the send or template decision to publish if a slot is free"
+    )
+    request: dict[str, Any] | str | None = Field(
+        default=None, description="reserve: the request as received, echoed by a rejection"
+    )
+    not_after: EpochSeconds | None = Field(
+        default=None, description="reserve: the request's not_after: later than this it is stale"
+    )
+
+    @model_validator(mode="after")
+    def _fields_of_type(self) -> LimitEvent:
+        if self.type == "capability" and self.messaging_limit is None:
+            raise ValueError("a capability event needs messaging_limit")
+        if self.type == "reserve" and (self.user is None or self.decision is None):
+            raise ValueError("a reserve event needs user and decision")
+        return self
+
+
 class NumberRecord(BaseModel):
     """``wa.numbers`` (compacted, key phone_number_id): the WhatsApp Business Account of a number."""
 
@@ -344,6 +392,7 @@ def trusted(cls: type[M], **values: Any) -> M:
 
 WIRE_MODELS: dict[str, type[BaseModel]] = {
     "InboundEvent": InboundEvent,
+    "LimitEvent": LimitEvent,
     "SendRequest": SendRequest,
     "Decision": Decision,
     "WindowEvent": WindowEvent,

@@ -7,13 +7,16 @@ Every variable is ``WAGATE_<FIELD>`` except the broker address, which follows th
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams.policy.deliverability import parse_marketing_pauses
+from streams.policy.limits import parse_configured_limits, parse_portfolio_map
 from streams.policy.rules import DEFAULT_OPENER_TYPES, ORIGINS, OriginPolicy, WindowRules
 
 
@@ -251,6 +254,30 @@ class Settings(BaseSettings):
         default="",
         description="phone_number_id=waba_id[,...] for numbers whose account no webhook has shown yet",
     )
+    waba_portfolios: str = Field(
+        default="",
+        description="waba_id=portfolio_id[,...]: the business portfolio each WhatsApp Business Account "
+        "belongs to, for the messaging limit Meta sets per portfolio (unlisted: each account is its own)",
+    )
+    messaging_limits: str = Field(
+        default="",
+        description="portfolio_id=limit[,...]: a portfolio's messaging limit (distinct users reached "
+        "outside their window per moving 24 h; a number, -1 for unlimited, or TIER_250, TIER_2K, ...) "
+        "where no business_capability_update webhook reaches the gate; the webhook's value wins",
+    )
+    internal_key: SecretStr | None = Field(
+        default=None,
+        description="a secret (16+ characters) every worker shares: the gate signs its own messaging-limit "
+        "records on wa.inbound with it (HMAC-SHA256) and dead-letters unsigned ones, so a producer that "
+        "may write wa.inbound cannot forge them. Unset: wa.inbound writers are trusted",
+    )
+    marketing_pauses: str = Field(
+        default="",
+        description="JSON list of destinations Meta does not deliver marketing templates to, e.g. "
+        '[{"region": "US", "calling_codes": ["1"], "except_prefixes": ["1204"], "bsuid_countries": '
+        '["US"], "from": "2025-04-01", "until": null}]; empty: Meta\'s known pauses (US numbers since '
+        "2025-04-01); [] turns the check off",
+    )
     clock_offset_seconds: float = Field(
         default=0.0,
         description="shift the decision clock (replays and tests of effective dates); 0 in production",
@@ -298,16 +325,22 @@ class Settings(BaseSettings):
                 raise ValueError(f"'{item}' is not a message type name (letters, digits and _ only)")
         return ",".join(items)
 
-    @field_validator("origin_policy")
+    @field_validator(
+        "origin_policy", "phone_number_wabas", "waba_portfolios", "messaging_limits", "marketing_pauses"
+    )
     @classmethod
-    def _origin_policy(cls, value: str) -> str:
-        parse_origin_policy(value)
+    def _parsed(cls, value: str, info: ValidationInfo) -> str:
+        """Checked at start by the same parser that reads it later: a bad value names what is wrong."""
+        _PARSERS[info.field_name](value)
         return value
 
-    @field_validator("phone_number_wabas")
+    @field_validator("internal_key")
     @classmethod
-    def _phone_number_wabas(cls, value: str) -> str:
-        parse_phone_number_wabas(value)
+    def _internal_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError(
+                "must be at least 16 characters (e.g. `openssl rand -hex 24`); unset it to turn signing off"
+            )
         return value
 
     def window_api_secret(self) -> bytes | None:
@@ -384,6 +417,14 @@ class Settings(BaseSettings):
     def configured_numbers(self) -> dict[str, str]:
         return parse_phone_number_wabas(self.phone_number_wabas)
 
+    @cached_property
+    def configured_portfolios(self) -> dict[str, str]:
+        return parse_waba_portfolios(self.waba_portfolios)
+
+    @cached_property
+    def configured_limits(self) -> dict[str, int]:
+        return parse_configured_limits(self.messaging_limits)
+
     @property
     def faust_app_id(self) -> str:
         """Consumer group and changelog prefix: distinct per topic prefix, so deployments never share one."""
@@ -402,7 +443,12 @@ class Settings(BaseSettings):
             origins=parse_origin_policy(self.origin_policy),
             event_lead_seconds=self.window_event_lead_seconds,
             event_max_delay_seconds=self.window_event_max_delay_seconds,
+            marketing_pauses=parse_marketing_pauses(self.marketing_pauses),
         )
+
+
+def parse_waba_portfolios(raw: str) -> dict[str, str]:
+    return parse_portfolio_map(raw, "waba_id=portfolio_id")
 
 
 def parse_origin_policy(raw: str) -> dict[str, OriginPolicy]:
@@ -436,3 +482,12 @@ def parse_phone_number_wabas(raw: str) -> dict[str, str]:
             raise ValueError(f"'{item}' is not phone_number_id=waba_id")
         numbers[pnid.strip()] = waba.strip()
     return numbers
+
+
+_PARSERS: dict[str | None, Callable[[str], object]] = {
+    "origin_policy": parse_origin_policy,
+    "phone_number_wabas": parse_phone_number_wabas,
+    "waba_portfolios": parse_waba_portfolios,
+    "messaging_limits": parse_configured_limits,
+    "marketing_pauses": parse_marketing_pauses,
+}

@@ -38,9 +38,10 @@ from streams.agents.transactions import PartitionTransactions, Sent
 from streams.agents.windows import Ownership, WindowScheduler
 from streams.core.aligner import Aligner, FetchView, RoundPlan, format_inbound_ends, parse_inbound_ends
 from streams.core.pipeline import Pipeline
-from streams.core.processor import Clock, Processor
+from streams.core.processor import OWN_KEY_PREFIX, Clock, Processor
 from streams.core.records import InputRecord, Output, Step
 from streams.faust_private import (
+    TOMBSTONE,
     TRANSACTION_RETRY_BACKOFF_MS,
     PartitionedState,
     forget_positions,
@@ -114,8 +115,17 @@ class PipelineRunner:
             publish=self._publish_window_events,
             enabled=window_events,
         )
+        key = settings.internal_key
         self.processor = Processor(
-            topo, self.state, rules, metrics, registry, clock, window_events, self.windows.watch
+            topo,
+            self.state,
+            rules,
+            metrics,
+            registry,
+            clock,
+            window_events,
+            self.windows.watch,
+            None if key is None else key.get_secret_value().encode(),
         )
         self.aligner = Aligner(self.partitions, settings.max_hold_seconds, settings.max_held_requests)
         self.pipeline = Pipeline(self.processor, self.aligner, metrics, ready=False)
@@ -286,8 +296,10 @@ class PipelineRunner:
             self.aligner.own_committed(partition, next_offset)  # before the webhook progress below
         writes: dict[int, list[tuple[bytes, bytes]]] = {}
         for output in outputs:
-            if output.topic == self._changelog and output.key is not None and output.value is not None:
-                writes.setdefault(output.partition or 0, []).append((output.key, output.value))
+            if output.topic == self._changelog and output.key is not None:
+                # A changelog record without a value deletes the key (Faust's recovery does the same).
+                value = TOMBSTONE if output.value is None else output.value
+                writes.setdefault(output.partition or 0, []).append((output.key, value))
         for partition, items in writes.items():
             self.state.committed(partition, items)
         for item in sent:
@@ -623,8 +635,12 @@ class PipelineRunner:
             frozenset(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == requests),
         )
 
-    def _scan(self, partition: int) -> Iterator[tuple[str, ContactState]]:
+    def _scan(self, partition: int) -> Iterator[tuple[str, ContactState] | None]:
         for key, value in self.state.scan(partition):
+            if key.startswith(OWN_KEY_PREFIX):  # the gate's own bookkeeping, not a contact
+                self.processor.remember_portfolio(partition, key, value)
+                yield None  # counted by the rebuild, which gives the event loop a turn now and then
+                continue
             try:
                 state = ContactState.from_bytes(value)
             except (ValueError, TypeError, AttributeError) as exc:

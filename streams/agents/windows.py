@@ -45,7 +45,7 @@ class WindowScheduler:
         clock: Callable[[], float],
         ownership: Callable[[], Ownership | None],
         load: Callable[[int, str], ContactState],
-        scan: Callable[[int], Iterator[tuple[str, ContactState]]],
+        scan: Callable[[int], Iterator[tuple[str, ContactState] | None]],
         publish: Callable[[int, str, list[WindowEvent], ContactState], Awaitable[None]],
         enabled: bool = True,
     ) -> None:
@@ -104,8 +104,9 @@ class WindowScheduler:
         now = self.clock()
         scanned = 0
         for partition in sorted(ownership.partitions):
-            for contact, state in self.scan(partition):
-                self._schedule(partition, contact, state, now)
+            for item in self.scan(partition):  # None: a key that is not a contact's
+                if item is not None:
+                    self._schedule(partition, item[0], item[1], now)
                 scanned += 1
                 if scanned % _YIELD_EVERY == 0:
                     await asyncio.sleep(0)
@@ -113,7 +114,7 @@ class WindowScheduler:
                         self._generation = None
                         return False
         log.info(
-            "Window events: timetable rebuilt for partitions %s (%d contacts, %d open windows)",
+            "Window events: timetable rebuilt for partitions %s (%d keys, %d open windows)",
             sorted(ownership.partitions),
             scanned,
             self.open_windows,

@@ -69,6 +69,7 @@ class Pipeline:
                 out = step.out(partition)
                 for record in records:
                     processor.inbound(record, out)
+                processor.flush_portfolios(partition, out)
                 next_offset = records[-1].offset + 1
                 self.aligner.applied(partition, next_offset)
                 step.done[(Source.INBOUND, partition)] = next_offset
@@ -175,6 +176,8 @@ class Pipeline:
                 self._done[(source, partition)] = position
         if source is Source.INBOUND:
             self.aligner.reset_inbound(partition, position)
+            if position is None:
+                self.processor.forget_partition(partition)
         elif source is Source.WEBHOOKS:
             self.aligner.reset_webhooks(partition, position)
         elif source is Source.REQUESTS:

@@ -9,11 +9,17 @@ handler: it becomes a rejection or a dead letter, and a metric counts it.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
+from typing import Any
+
+import orjson
 
 from streams.core.records import InputRecord, Output, StateStore
 from streams.metrics import GateMetrics
@@ -22,7 +28,9 @@ from streams.models import (
     DeadLetter,
     Decision,
     InboundEvent,
+    LimitEvent,
     NumberRecord,
+    Reason,
     TemplateRecord,
     WindowEvent,
     trusted,
@@ -39,9 +47,26 @@ from streams.policy.contacts import (
     point_to,
 )
 from streams.policy.decide import decide, decide_invalid
-from streams.policy.keys import contact_key, partition_for, request_contact_key
+from streams.policy.deliverability import paused_marketing
+from streams.policy.keys import contact_key, is_business_scoped, partition_for, request_contact_key
+from streams.policy.limits import (
+    BUCKET_SECONDS,
+    PortfolioState,
+    apply_capability,
+    business_initiated,
+    describe_limit,
+    effective_limit,
+    is_limited,
+    reserve,
+    used,
+)
 from streams.policy.parse import InvalidPayload, parse_inbound_event, parse_send_request
-from streams.policy.rules import IDENTITY_CHANGE_TYPES, MARKETING_PREFERENCE_CATEGORY, WindowRules
+from streams.policy.rules import (
+    IDENTITY_CHANGE_TYPES,
+    MARKETING_COOLDOWN_ERROR_CODE,
+    MARKETING_PREFERENCE_CATEGORY,
+    WindowRules,
+)
 from streams.policy.templates import Registry, template_key
 from streams.policy.webhook import InvalidWebhook, normalize_webhook
 from streams.policy.window import ContactState, InboundEffect, apply_inbound, is_gate_miss, view
@@ -73,6 +98,27 @@ ALIAS_LOOP_ERROR = (
     "contradict each other (kind 'alias' is the gate's own; do not write it by hand)"
 )
 
+# The gate's own keys in the state store, beside the contact keys ("<phone_number_id>:<user>"): a
+# portfolio's messaging-limit state, and when the portfolio last reached a user.
+LIMITS_PREFIX = b"\x00limits\x00"
+REACHED_PREFIX = b"\x00reached\x00"
+# The users filed under one minute of a portfolio's count, in chunks of MINUTE_CHUNK: when the minute
+# leaves the moving 24 h their records (REACHED_PREFIX) are deleted, so the state holds about a day of
+# users. Chunks keep each write small; SWEEP_BUDGET bounds the deletions one record makes.
+MINUTE_PREFIX = b"\x00minute\x00"
+MINUTE_CHUNK = 100
+SWEEP_BUDGET = 500
+OWN_KEY_PREFIX = b"\x00"
+# Request ids kept per reached user: a reservation delivered again (at_least_once, after a crash) is
+# answered duplicate_request instead of sending the template twice.
+RECENT_REQUEST_IDS = 8
+
+
+def limits_key(portfolio: str) -> str:
+    """The record key of a portfolio's limit events on wa.inbound: its partition is the portfolio's."""
+    return f"limits:{portfolio}"
+
+
 HELD_PAST_LIMIT_NOTE = (
     " Decided after the hold limit (WAGATE_MAX_HOLD_SECONDS): inbound events written before this request"
     " may not have been applied yet."
@@ -100,6 +146,58 @@ def _moved_again(record: InputRecord) -> tuple[tuple[str, bytes], ...] | None:
     if hops >= MAX_ALIAS_HOPS:
         return None
     return ((ALIAS_HOPS_HEADER, str(hops + 1).encode()),)
+
+
+SIGNATURE_HEADER = "wagate-signature"
+_LIMIT_FIELDS = ("waba_id", "messaging_limit", "user", "decision", "request", "not_after")
+
+
+def _limit_record(kind: str, event_id: str, portfolio: str, timestamp: float, **fields: Any) -> LimitEvent:
+    """A LimitEvent the gate writes (its fields are known good); the fields of the other type are None."""
+    values = {**dict.fromkeys(_LIMIT_FIELDS), **fields}
+    return trusted(
+        LimitEvent,
+        kind="limit",
+        type=kind,
+        event_id=event_id,
+        portfolio=portfolio,
+        timestamp=timestamp,
+        **values,
+    )
+
+
+def _sign(key: bytes, value: bytes) -> bytes:
+    return hmac.new(key, value, hashlib.sha256).hexdigest().encode()
+
+
+def _reached_key(portfolio: str, user: str) -> bytes:
+    return REACHED_PREFIX + portfolio.encode() + b"\x00" + user.encode()
+
+
+def _minute_key(portfolio: str, minute: int, chunk: int) -> bytes:
+    return MINUTE_PREFIX + portfolio.encode() + b"\x00" + f"{minute}:{chunk}".encode()
+
+
+def _minute_of(at: float) -> int:
+    return int(at // BUCKET_SECONDS)
+
+
+@dataclass(slots=True)
+class _Reach:
+    """When a portfolio last reached a user, and the request ids that reached them lately."""
+
+    at: float
+    request_ids: list[str]
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({"a": self.at, "d": self.request_ids})
+
+    @classmethod
+    def read(cls, raw: bytes | None) -> _Reach | None:
+        if not raw:
+            return None
+        data = orjson.loads(raw)
+        return cls(float(data["a"]), list(data.get("d") or ()))
 
 
 class _Placement(Enum):
@@ -143,6 +241,7 @@ class Processor:
         clock: Clock = time.time,
         window_events: bool = True,
         watch: WindowWatch | None = None,
+        signing_key: bytes | None = None,
     ) -> None:
         self.topo = topo
         self.partitions = topo.requests.partitions
@@ -153,8 +252,20 @@ class Processor:
         self.clock = clock
         self.window_events = window_events
         self.watch = watch or (lambda partition, key, state: None)
+        self.signing_key = signing_key  # WAGATE_INTERNAL_KEY: limit records are signed and checked
         self._changelog = topo.contact_state_changelog.name
         self._announced: OrderedDict[tuple[str, tuple[str, ...]], None] = OrderedDict()
+        # Portfolios' limit states by (partition, portfolio), as read or last written: the home partition
+        # changes one per business-initiated decision, and its per-minute counts are costly to decode.
+        # Written to the store and the changelog once per fetched batch (flush_portfolios), not per
+        # decision; dropped with the partition, like the store's pending writes.
+        self._portfolio_states: dict[tuple[int, str], PortfolioState] = {}
+        self._dirty_portfolios: set[tuple[int, str]] = set()
+        # The chunk users are being filed in, by (partition, portfolio, minute): (chunk number, users);
+        # appended to per decision, written once per batch like the portfolio states, then dropped.
+        self._minute_users: dict[tuple[int, str, int], tuple[int, list[str]]] = {}
+        self._dirty_minutes: set[tuple[int, str, int]] = set()
+        metrics.portfolios.source = self.portfolio_usage
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -166,6 +277,89 @@ class Processor:
         self.state.put(partition, raw_key, value)
         out.append(Output(self._changelog, raw_key, value, partition))
 
+    def _put(self, raw_key: bytes, value: bytes, partition: int, out: list[Output]) -> None:
+        self.state.put(partition, raw_key, value)
+        out.append(Output(self._changelog, raw_key, value, partition))
+
+    def load_portfolio(self, portfolio: str, partition: int) -> PortfolioState:
+        cached = self._portfolio_states.get((partition, portfolio))
+        if cached is None:
+            raw = self.state.get(partition, LIMITS_PREFIX + portfolio.encode())
+            cached = self._portfolio_states[(partition, portfolio)] = PortfolioState.from_bytes(raw)
+        return cached
+
+    def _store_portfolio(self, portfolio: str, partition: int, state: PortfolioState) -> None:
+        self._portfolio_states[(partition, portfolio)] = state
+        self._dirty_portfolios.add((partition, portfolio))
+
+    def flush_portfolios(self, partition: int, out: list[Output]) -> None:
+        """Write the portfolio states ``partition``'s batch changed: call it before the batch's outputs
+        go (they belong to the same transaction)."""
+        for key in [key for key in self._dirty_portfolios if key[0] == partition]:
+            self._dirty_portfolios.discard(key)
+            self._put(LIMITS_PREFIX + key[1].encode(), self._portfolio_states[key].to_bytes(), partition, out)
+        for minute in [minute for minute in self._minute_users if minute[0] == partition]:
+            chunk, users = self._minute_users.pop(minute)
+            if minute in self._dirty_minutes:
+                self._dirty_minutes.discard(minute)
+                self._put(_minute_key(minute[1], minute[2], chunk), orjson.dumps(users), partition, out)
+
+    def _delete(self, raw_key: bytes, partition: int, out: list[Output]) -> None:
+        self.state.put(partition, raw_key, b"")  # an empty value: deleted (and a tombstone below)
+        out.append(Output(self._changelog, raw_key, None, partition))
+
+    def _file(self, portfolio: str, partition: int, minute: int, user: str) -> None:
+        """File ``user`` under ``minute``: its last chunk, or a new one when that is full."""
+        key = (partition, portfolio, minute)
+        current = self._minute_users.get(key)
+        if current is None:
+            chunk, users = 0, []
+            while (raw := self.state.get(partition, _minute_key(portfolio, minute, chunk))) is not None:
+                users = list(orjson.loads(raw)) if raw else []
+                if len(users) < MINUTE_CHUNK:
+                    break
+                chunk, users = chunk + 1, []
+            current = (chunk, users)
+        chunk, users = current
+        if len(users) >= MINUTE_CHUNK:
+            chunk, users = chunk + 1, []
+        users.append(user)
+        self._minute_users[key] = (chunk, users)
+        self._dirty_minutes.add(key)
+
+    def _sweep(
+        self, portfolio: str, partition: int, state: PortfolioState, out: list[Output]
+    ) -> PortfolioState:
+        """Delete the records of users filed under minutes that left the 24 h, SWEEP_BUDGET users at
+        most: a minute of a large campaign is swept over the next records, not in one."""
+        if not state.sweep:
+            return state
+        budget = SWEEP_BUDGET
+        sweep = [list(item) for item in state.sweep]
+        while sweep and budget > 0:
+            minute, chunk = sweep[0]
+            raw = self.state.get(partition, _minute_key(portfolio, minute, chunk))
+            if raw is None:
+                sweep.pop(0)  # every chunk of this minute is done
+                continue
+            try:
+                users = [str(user) for user in orjson.loads(raw)] if raw else []
+            except (orjson.JSONDecodeError, TypeError):
+                users = []  # the gate wrote it: a bug; the chunk goes, its users' records stay
+            for user in users:
+                key = _reached_key(portfolio, user)
+                try:
+                    reach = _Reach.read(self.state.get(partition, key))
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                    reach = None
+                    self._delete(key, partition, out)
+                if reach is not None and _minute_of(reach.at) == minute:
+                    self._delete(key, partition, out)
+            self._delete(_minute_key(portfolio, minute, chunk), partition, out)
+            sweep[0] = [minute, chunk + 1]
+            budget -= max(1, len(users))
+        return PortfolioState(state.limit, state.limit_at, state.buckets, sweep)
+
     # -- inputs ---------------------------------------------------------------------------------
 
     def inbound(self, record: InputRecord, out: list[Output]) -> None:
@@ -173,6 +367,9 @@ class Processor:
             parsed = parse_inbound_event(record.value)
             if isinstance(parsed, InvalidPayload):
                 self.dead_letter(record, parsed.detail, "invalid_inbound", out)
+                return
+            if isinstance(parsed, LimitEvent):
+                self._limit_event(record, parsed, out)
                 return
             key = contact_key(parsed.phone_number_id, parsed.user, parsed.group_id)
             placed = self._repartition(record, key, partition_for(key, self.partitions), "inbound", out)
@@ -190,6 +387,7 @@ class Processor:
                     self._alias(record, parsed, key, state, out)
                     return
             now = self.clock()
+            self._count_paused_by_meta(parsed)
             if is_gate_miss(state, parsed, now, self.rules):
                 self.metrics.gate_misses.inc()
                 log.warning(
@@ -246,6 +444,8 @@ class Processor:
                     number = NumberRecord(phone_number_id=pnid, waba_id=waba, updated_at=self.clock())
                     value = number.__pydantic_serializer__.to_json(number)
                     out.append(Output(self.topo.numbers.name, pnid.encode(), value))
+            for waba, limit, at in result.capabilities:
+                self._announce_limit(waba, limit, at, record.timestamp, out)
             for update in result.templates:
                 # Merged with what is known, so the compacted topic keeps whole records, not fragments.
                 out.append(self._template_output(self.registry.apply(update)))
@@ -335,15 +535,29 @@ class Processor:
                         and self._rekey_request(record, request.phone_number_id, state.alias_of, out)
                     ):
                         return
-            decision, new_state = decide(request, received, state, now, self.rules, self.registry)
+            canonical = key.split(":", 1)[1]
+            phone = canonical if individual and not is_business_scoped(canonical) else None
+            decision, new_state = decide(request, received, state, now, self.rules, self.registry, phone)
             if key != asked:
                 decision.contact = key
                 decision.detail += (
                     " ('to' is another identifier of this contact: decided against its window.)"
                 )
+            if decision.reason == "marketing_unavailable_in_region":
+                pause = paused_marketing(phone or request.to, now, self.rules.marketing_pauses)
+                self.metrics.marketing_unavailable.labels(pause.region if pause else "", "gate").inc()
             if new_state is not state and not stray:
                 self.store(key, new_state, record.partition, out)
-            self.publish(decision, key.encode(), partition, out, held_past_limit, len(record.value or b""))
+            size = len(record.value or b"")
+            portfolio = self._limited_portfolio(decision, request.phone_number_id, record.partition)
+            if portfolio is not None:
+                # Business-initiated under a limit: the portfolio's partition takes the slot or refuses.
+                self._finish(decision, held_past_limit, size)
+                self._ask_for_slot(
+                    portfolio, canonical, decision, received, size, now, request.not_after, out
+                )
+            else:
+                self.publish(decision, key.encode(), partition, out, held_past_limit, size)
             self.metrics.decision_processing.observe(time.perf_counter() - started)
             if request.created_at is not None:
                 self.metrics.decision_latency.observe(max(0.0, now - request.created_at))
@@ -361,15 +575,19 @@ class Processor:
         held_past_limit: bool = False,
         echo_size: int | None = None,
     ) -> None:
+        self._finish(decision, held_past_limit, echo_size)
+        value = decision.__pydantic_serializer__.to_json(decision)
+        out.append(Output(self.topo.route_topic(decision.route), key, value, partition))
+        self.metrics.count_decision(decision.route, decision.reason, decision.origin)
+
+    @staticmethod
+    def _finish(decision: Decision, held_past_limit: bool, echo_size: int | None) -> None:
         if held_past_limit:
             decision.held_past_limit = True
             decision.detail += HELD_PAST_LIMIT_NOTE
         if decision.request is not None and echo_size is not None and echo_size > MAX_ECHO_BYTES:
             decision.request = None
             decision.detail += f" The request ({echo_size} bytes) is not echoed."
-        value = decision.__pydantic_serializer__.to_json(decision)
-        out.append(Output(self.topo.route_topic(decision.route), key, value, partition))
-        self.metrics.count_decision(decision.route, decision.reason, decision.origin)
 
     def window_event(self, event: WindowEvent, partition: int, out: list[Output]) -> None:
         value = event.__pydantic_serializer__.to_json(event)
@@ -405,6 +623,223 @@ class Processor:
             exc_info=log.isEnabledFor(logging.DEBUG),
         )
         self.dead_letter(record, f"internal error: {type(exc).__name__}", "internal_error", out)
+
+    # -- the portfolio's messaging limit (policy.limits) ------------------------------------------
+
+    def _limited_portfolio(self, decision: Decision, pnid: str, partition: int) -> str | None:
+        """The portfolio whose limit this decision must fit, or None (not business-initiated, no
+        known finite limit). Every partition holds each portfolio's limit (capability events)."""
+        message_type = decision.message.get("type") if decision.message else None
+        if not business_initiated(
+            decision.route, message_type, decision.window.state, decision.recipient_type or ""
+        ):
+            return None
+        portfolio = self.registry.portfolio_of(pnid)
+        if portfolio is None:
+            return None
+        state = self.load_portfolio(portfolio, partition)
+        if not is_limited(effective_limit(state, self.registry.configured_limits.get(portfolio))):
+            return None
+        return portfolio
+
+    def _limit_output(self, event: LimitEvent, partition: int) -> Output:
+        value = event.__pydantic_serializer__.to_json(event)
+        headers = () if self.signing_key is None else ((SIGNATURE_HEADER, _sign(self.signing_key, value)),)
+        return Output(
+            self.topo.inbound.name, limits_key(event.portfolio).encode(), value, partition, None, headers
+        )
+
+    def _signed(self, record: InputRecord) -> bool:
+        if self.signing_key is None:
+            return True
+        expected = _sign(self.signing_key, record.value or b"")
+        return any(
+            name == SIGNATURE_HEADER and hmac.compare_digest(value, expected)
+            for name, value in record.headers or ()
+        )
+
+    def _ask_for_slot(
+        self,
+        portfolio: str,
+        user: str,
+        decision: Decision,
+        received: dict[str, object],
+        size: int,
+        now: float,
+        not_after: float | None,
+        out: list[Output],
+    ) -> None:
+        ask = _limit_record(
+            "reserve",
+            f"reserve:{decision.request_id}",
+            portfolio,
+            now,
+            user=user,
+            decision=decision,
+            request=received if size <= MAX_ECHO_BYTES else None,
+            not_after=not_after,
+        )
+        out.append(self._limit_output(ask, partition_for(limits_key(portfolio), self.partitions)))
+
+    def _announce_limit(self, waba: str, limit: int, at: float, timestamp_ms: int, out: list[Output]) -> None:
+        """Meta's limit for a portfolio goes to every partition: each one decides which requests need a
+        slot, in order with the requests written after the webhook (the ordering contract)."""
+        portfolio = self.registry.portfolio_of_waba(waba)
+        event = _limit_record(
+            "capability", f"capability:{waba}:{at}", portfolio, at, waba_id=waba, messaging_limit=limit
+        )
+        for partition in range(self.partitions):
+            output = self._limit_output(event, partition)
+            output.timestamp_ms = timestamp_ms
+            out.append(output)
+        self.metrics.webhook_items.labels("messaging_limit").inc()
+
+    def _limit_event(self, record: InputRecord, event: LimitEvent, out: list[Output]) -> None:
+        if not self._signed(record):
+            error = "limit event not signed with WAGATE_INTERNAL_KEY (only the gate writes kind 'limit')"
+            self.dead_letter(record, error, "unsigned_limit_event", out)
+            return
+        if event.type == "capability":
+            assert event.messaging_limit is not None  # the model requires it for this type
+            state = self.load_portfolio(event.portfolio, record.partition)
+            # A time far ahead (a bad clock, a hand-written record) must not pin the limit for good.
+            at = min(event.timestamp, self.clock() + self.rules.future_skew_seconds)
+            new_state = apply_capability(state, event.messaging_limit, at)
+            if new_state is not state:
+                self._store_portfolio(event.portfolio, record.partition, new_state)
+            self.metrics.count_inbound("limit", "capability")
+            return
+        if record.partition != self._home(event.portfolio):  # the gate writes them to it: not ours
+            error = f"limit event: a reservation for portfolio partition {self._home(event.portfolio)}"
+            self.dead_letter(record, error, "invalid_inbound", out)
+            return
+        decision, user = event.decision, event.user
+        assert decision is not None and user is not None  # the model requires them for this type
+        message_type = decision.message.get("type") if decision.message else None
+        if decision.contact is None or not business_initiated(
+            decision.route, message_type, decision.window.state, decision.recipient_type or ""
+        ):
+            error = "limit event: its decision is not a business-initiated template with a contact"
+            self.dead_letter(record, error, "invalid_inbound", out)
+            return
+        now = self.clock()
+        contact, partition = decision.contact, record.partition
+        reached_key = _reached_key(event.portfolio, user)
+        reach = _Reach.read(self.state.get(partition, reached_key))
+        if reach is not None and decision.request_id in reach.request_ids:  # delivered again
+            detail = (
+                f"request_id '{decision.request_id}' was already decided at {reach.at}; it is never "
+                "sent twice."
+            )
+            self._publish_instead(decision, event, "duplicate_request", detail, now, out)
+            return
+        if event.not_after is not None and now > event.not_after:  # it waited here past its deadline
+            detail = (
+                f"Decided at {now:.3f}, after the request's not_after {event.not_after} (while its "
+                "portfolio's messaging limit was checked)."
+            )
+            self._publish_instead(decision, event, "stale_request", detail, now, out)
+            return
+        state = self.load_portfolio(event.portfolio, partition)
+        limit = effective_limit(state, self.registry.configured_limits.get(event.portfolio))
+        outcome = reserve(state, limit, None if reach is None else reach.at, now)
+        # Reads and deletions first, the portfolio's new state last: an error on the way (the record is
+        # then dead-lettered) leaves the count as it was.
+        new_state = self._sweep(event.portfolio, partition, outcome.state, out)
+        if outcome.granted:
+            assert outcome.reached_at is not None  # a granted reservation says when
+            recent = [] if reach is None else reach.request_ids[-(RECENT_REQUEST_IDS - 1) :]
+            self._put(
+                reached_key,
+                _Reach(outcome.reached_at, [*recent, decision.request_id]).to_bytes(),
+                partition,
+                out,
+            )
+            if outcome.filed_in is not None:
+                self._file(event.portfolio, partition, outcome.filed_in, user)
+        self._store_portfolio(event.portfolio, partition, new_state)
+        contact = decision.contact
+        if outcome.granted:
+            self.metrics.limit_reservations.inc("new_user" if outcome.counted else "known_user")
+            self.publish(decision, contact.encode(), partition_for(contact, self.partitions), out)
+            return
+        self.metrics.limit_reservations.inc("refused")
+        free = "" if outcome.free_at is None else f"; the next slot frees at {outcome.free_at:.0f}"
+        detail = (
+            f"Business portfolio {event.portfolio} has reached its messaging limit: {outcome.used} of "
+            f"{describe_limit(limit)} users reached outside their window in the last 24 h{free}. Meta "
+            "would refuse this template (messaging limit)."
+        )
+        self._publish_instead(decision, event, "messaging_limit_reached", detail, now, out)
+
+    def _publish_instead(
+        self,
+        decision: Decision,
+        event: LimitEvent,
+        reason: Reason,
+        detail: str,
+        now: float,
+        out: list[Output],
+    ) -> None:
+        """A rejection in place of the decision a reservation carried (the request echoed)."""
+        assert decision.contact is not None
+        rejection = trusted(
+            Decision,
+            **{
+                **decision.__dict__,
+                "route": "rejected",
+                "reason": reason,
+                "detail": detail + ("" if event.request is not None else " The request is not echoed."),
+                "decided_at": now,
+                "message": None,
+                "pricing": None,
+                "request": event.request,
+            },
+        )
+        contact = decision.contact
+        self.publish(rejection, contact.encode(), partition_for(contact, self.partitions), out)
+
+    def _home(self, portfolio: str) -> int:
+        return partition_for(limits_key(portfolio), self.partitions)
+
+    def remember_portfolio(self, partition: int, raw_key: bytes, value: bytes) -> None:
+        """A portfolio's state read back from the store (after recovery): its gauges show again."""
+        if raw_key.startswith(LIMITS_PREFIX):
+            portfolio = raw_key[len(LIMITS_PREFIX) :].decode()
+            if (partition, portfolio) not in self._portfolio_states:
+                self._portfolio_states[(partition, portfolio)] = PortfolioState.from_bytes(value)
+
+    def forget_partition(self, partition: int) -> None:
+        """The partition went (revoked, or lost with what was pending): its states are read anew."""
+        for key in [key for key in self._portfolio_states if key[0] == partition]:
+            del self._portfolio_states[key]
+            self._dirty_portfolios.discard(key)
+        for minute in [minute for minute in self._minute_users if minute[0] == partition]:
+            del self._minute_users[minute]
+            self._dirty_minutes.discard(minute)
+
+    def portfolio_usage(self) -> list[tuple[str, int, int]]:
+        """(portfolio, limit, used) of the portfolios whose partition this worker holds."""
+        now = self.clock()
+        usage = []
+        for (partition, portfolio), state in list(self._portfolio_states.items()):
+            if partition != self._home(portfolio):
+                continue
+            limit = effective_limit(state, self.registry.configured_limits.get(portfolio))
+            if limit is None and not state.buckets:
+                continue  # nothing known, nothing counted
+            usage.append((portfolio, -1 if limit is None else limit, used(state, now)))
+        return usage
+
+    def _count_paused_by_meta(self, event: InboundEvent) -> None:
+        """A 131049 failure for a destination the pause table names: Meta's side of the same count."""
+        if event.kind != "status" or event.type != "failed" or not event.errors:
+            return
+        if not any(error.code == MARKETING_COOLDOWN_ERROR_CODE for error in event.errors):
+            return
+        pause = paused_marketing(event.user, event.timestamp, self.rules.marketing_pauses)
+        if pause is not None:
+            self.metrics.marketing_unavailable.labels(pause.region, "meta").inc()
 
     # -- one person, several identifiers (policy.contacts) ----------------------------------------
 

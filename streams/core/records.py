@@ -49,7 +49,8 @@ class Record:
 
 
 class StateStore(Protocol):
-    """Contact state by explicit partition (RocksDB in a worker, a dict in unit tests)."""
+    """Contact state by explicit partition (RocksDB in a worker, a dict in unit tests). Putting an
+    empty value deletes the key: a read then finds nothing (None, or the empty value)."""
 
     def get(self, partition: int, key: bytes) -> bytes | None: ...
     def put(self, partition: int, key: bytes, value: bytes) -> None: ...

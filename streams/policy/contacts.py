@@ -17,30 +17,21 @@ Pure rules (docs/contract.md, "One person, several identifiers"):
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from streams.models import IdentifierKind
+from streams.policy.keys import is_business_scoped
 from streams.policy.window import EMPTY_STATE, TIME_KEYS, ContactState
 
-# Meta: "a two-letter ISO country code, a period, and up to 128 alphanumeric characters"; a parent
-# BSUID has ENT between them (US.ENT.11815799212886844830), though Meta's own example payloads also
-# show parent ids without it: kinds come from the field that gave an identifier, not from its form.
-_BSUID = re.compile(r"^[A-Z]{2}\.(ENT\.)?[A-Za-z0-9]{1,128}$")
 _RANK: dict[IdentifierKind, int] = {"wa_id": 2, "user_id": 1, "parent_user_id": 0}
 # State fields that are identity, not window: never forwarded by a merge as window content.
 _IDENTITY_FIELDS = frozenset({"alias_of", "alias_at", "aliases"})
 
 
-def is_business_scoped(identifier: str) -> bool:
-    """A BSUID or parent BSUID by its form: the Cloud API takes it as ``recipient``, not ``to``."""
-    return _BSUID.match(identifier) is not None
-
-
 def is_phone(identifier: str) -> bool:
-    return _BSUID.match(identifier) is None
+    return not is_business_scoped(identifier)
 
 
 Named = tuple[IdentifierKind, str]  # an identifier with the kind of field that gave it

@@ -7,6 +7,7 @@ then staleness, deliverability, templates, and finally the window for free-form 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from streams.models import (
@@ -20,8 +21,8 @@ from streams.models import (
     WindowView,
     trusted,
 )
-from streams.policy.contacts import is_business_scoped
-from streams.policy.keys import request_contact_key
+from streams.policy.deliverability import needs_phone_number, paused_marketing
+from streams.policy.keys import is_business_scoped, request_contact_key
 from streams.policy.parse import InvalidPayload
 from streams.policy.pricing import price
 from streams.policy.rules import SENDABLE_MESSAGE_TYPES, WindowRules
@@ -63,13 +64,14 @@ def _window_view(snapshot: WindowSnapshot) -> WindowView:
     )
 
 
-def _cloud_body(request: SendRequest, message: dict[str, Any]) -> dict[str, Any]:
+def _cloud_body(request: SendRequest, message: dict[str, Any], to: str | None = None) -> dict[str, Any]:
     # The Cloud API takes a phone number or group id as 'to' and a BSUID or parent BSUID as 'recipient'.
-    address = "recipient" if is_business_scoped(request.to) else "to"
+    recipient = to or request.to
+    address = "recipient" if is_business_scoped(recipient) else "to"
     return {
         "messaging_product": "whatsapp",
         "recipient_type": request.recipient_type,
-        address: request.to,
+        address: recipient,
         **message,
     }
 
@@ -118,6 +120,7 @@ class _Ask:
     now: float
     rules: WindowRules
     registry: Registry | None
+    phone: str | None  # the contact's phone number (wa_id), when the gate knows it
 
     @property
     def window(self) -> WindowView:
@@ -135,9 +138,16 @@ class _Ask:
         )
 
     def accept(
-        self, route: Route, reason: Reason, detail: str, message: dict[str, Any], pricing: Pricing
+        self,
+        route: Route,
+        reason: Reason,
+        detail: str,
+        message: dict[str, Any],
+        pricing: Pricing,
+        to: str | None = None,
     ) -> Decision:
-        """A send or template decision carrying the complete Cloud API body built from ``message``."""
+        """A send or template decision carrying the complete Cloud API body built from ``message``
+        (addressed to ``to`` instead of the request's own 'to' when given)."""
         return _decision(
             self.request,
             self.received,
@@ -145,7 +155,7 @@ class _Ask:
             reason=reason,
             now=self.now,
             window=self.window,
-            message=_cloud_body(self.request, message),
+            message=_cloud_body(self.request, message, to),
             detail=detail,
             pricing=pricing,
         )
@@ -168,11 +178,43 @@ class _Ask:
             return lookup, None
         return lookup, check_template(template, lookup)
 
-    def marketing_blocked(self, category: str) -> Decision | None:
+    def marketing_blocked(self, category: str, template: bool = True) -> Decision | None:
+        """A marketing block for ``category``. ``template``: the category is what goes out (the
+        registry's, else the request's): only then can the destination's pause apply."""
         if category != "marketing":
             return None
         blocked = marketing_block(self.state, self.now)
-        return None if blocked is None else self.reject(*blocked)
+        if blocked is not None:
+            return self.reject(*blocked)
+        if not template or self.request.recipient_type != "individual":
+            return None
+        pause = paused_marketing(self.phone or self.request.to, self.now, self.rules.marketing_pauses)
+        if pause is None:
+            return None
+        since = datetime.fromtimestamp(pause.effective_from, UTC).date().isoformat()
+        return self.reject(
+            "marketing_unavailable_in_region",
+            f"Meta does not deliver marketing templates to {pause.region} numbers (since {since}; "
+            "WAGATE_MARKETING_PAUSES): use a utility template for transactional content.",
+        )
+
+    def address(self, lookup: TemplateLookup | None) -> str | Decision | None:
+        """Where a template goes: None for the request's own 'to', the contact's phone number for an
+        authentication template Meta will not send to a BSUID, or a rejection when none is known."""
+        if (
+            lookup is None
+            or self.request.recipient_type != "individual"
+            or not is_business_scoped(self.request.to)
+            or not needs_phone_number(lookup.record)
+        ):
+            return None
+        if self.phone is not None:
+            return self.phone
+        return self.reject(
+            "recipient_requires_phone",
+            "Authentication templates with a one-tap, zero-tap or copy-code button need the user's phone "
+            "number (Meta error 131062), and this contact is known only by its business-scoped user ID.",
+        )
 
 
 _TEMPLATE_CATEGORIES: dict[str, Intent] = {
@@ -198,6 +240,9 @@ def _template_message(ask: _Ask) -> Decision:
     blocked = ask.marketing_blocked(category)
     if blocked is not None:
         return blocked
+    to = ask.address(lookup)
+    if isinstance(to, Decision):
+        return to
     name, code = template["name"], template["language"]["code"]
     if lookup is not None and lookup.record is not None:
         reason: Reason = "template"
@@ -208,7 +253,9 @@ def _template_message(ask: _Ask) -> Decision:
         detail = (
             f"Template '{name}' ({code}) is sent unverified: account {account} has no registered templates."
         )
-    return ask.accept("send", reason, detail, received["message"], ask.template_price(category))
+    if to is not None:
+        detail += " Sent to the contact's phone number: Meta sends this template to no BSUID."
+    return ask.accept("send", reason, detail, received["message"], ask.template_price(category), to)
 
 
 def _free_form(ask: _Ask) -> Decision:
@@ -261,12 +308,19 @@ def _free_form(ask: _Ask) -> Decision:
     blocked = ask.marketing_blocked(category)
     if blocked is not None:
         return blocked
+    to = ask.address(lookup)
+    if isinstance(to, Decision):
+        return to
+    detail += f" Sending fallback template '{fallback.name}' ({fallback.language.code}) instead."
+    if to is not None:
+        detail += " Sent to the contact's phone number: Meta sends this template to no BSUID."
     return ask.accept(
         "template",
         reason,
-        detail + f" Sending fallback template '{fallback.name}' ({fallback.language.code}) instead.",
+        detail,
         {"type": "template", "template": received["fallback_template"]},
         ask.template_price(category),
+        to,
     )
 
 
@@ -277,8 +331,10 @@ def decide(
     now: float,
     rules: WindowRules,
     registry: Registry | None = None,
+    phone: str | None = None,
 ) -> tuple[Decision, ContactState]:
-    """Decide one request against its contact's state at ``now``; returns the new state to store."""
+    """Decide one request against its contact's state at ``now``; returns the new state to store.
+    ``phone``: the contact's phone number (wa_id) when known, for templates that need one."""
     if request.request_id in state.decided:
         at = state.decided[request.request_id]
         decision = _decision(
@@ -291,7 +347,8 @@ def decide(
             detail=f"request_id '{request.request_id}' was already decided at {at}; it is never sent twice.",
         )
         return decision, state
-    decision = _decide_new(_Ask(request, received, state, view(state, now, rules), now, rules, registry))
+    ask = _Ask(request, received, state, view(state, now, rules), now, rules, registry, phone)
+    decision = _decide_new(ask)
     new_state = remember_decision(state, request.request_id, now, rules)
     if decision.reason == "window_open":
         new_state = replace(new_state, free_form_sent_at=now)
@@ -317,7 +374,7 @@ def _decide_new(ask: _Ask) -> Decision:
     ):
         recipient = "a group" if request.recipient_type == "group" else "a user"
         return ask.reject("unsupported_message", f"Message type '{mtype}' cannot be sent to {recipient}.")
-    blocked = ask.marketing_blocked(request.intent)
+    blocked = ask.marketing_blocked(request.intent, template=False)
     if blocked is not None:
         return blocked
     if mtype == "template":

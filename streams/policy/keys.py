@@ -7,7 +7,18 @@ that does not hold the contact's state (contract section 1).
 from __future__ import annotations
 
 import functools
+import re
 import struct
+
+# Meta: "a two-letter ISO country code, a period, and up to 128 alphanumeric characters"; a parent
+# BSUID has ENT between them (US.ENT.11815799212886844830), though Meta's own example payloads also
+# show parent ids without it: kinds come from the field that gave an identifier, not from its form.
+_BSUID = re.compile(r"^[A-Z]{2}\.(ENT\.)?[A-Za-z0-9]{1,128}$")
+
+
+def is_business_scoped(identifier: str) -> bool:
+    """A BSUID or parent BSUID by its form: the Cloud API takes it as ``recipient``, not ``to``."""
+    return _BSUID.match(identifier) is not None
 
 
 def contact_key(phone_number_id: str, user: str, group_id: str | None = None) -> str:

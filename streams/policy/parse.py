@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from streams.models import InboundEvent, SendRequest
+from streams.models import InboundEvent, LimitEvent, SendRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +68,15 @@ def parse_send_request(raw: bytes | None) -> tuple[SendRequest, dict[str, Any]] 
         return InvalidPayload(describe_validation_error(exc, "request"), data, readable_id)
 
 
-def parse_inbound_event(raw: bytes | None) -> InboundEvent | InvalidPayload:
+def parse_inbound_event(raw: bytes | None) -> InboundEvent | LimitEvent | InvalidPayload:
+    """A user-side event, or (``kind: limit``) the gate's own messaging-limit bookkeeping."""
     data = _load_object(raw, "inbound event")
     if isinstance(data, InvalidPayload):
         return data
     try:
+        if data.get("kind") == "limit":
+            return LimitEvent.model_validate(data)
         return InboundEvent.model_validate(data)
     except ValidationError as exc:
-        return InvalidPayload(describe_validation_error(exc, "inbound event"), data)
+        payload = "limit event" if data.get("kind") == "limit" else "inbound event"
+        return InvalidPayload(describe_validation_error(exc, payload), data)

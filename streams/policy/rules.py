@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from streams.policy.deliverability import DEFAULT_MARKETING_PAUSES, MarketingPause
+
 # Content types both sides use: a user sends them, a business can send them.
 _CONTENT_TYPES: frozenset[str] = frozenset(
     {"text", "image", "video", "audio", "document", "sticker", "location", "contacts", "interactive"}
@@ -74,6 +76,8 @@ class WindowRules:
     # ... and an event overdue by more than this (a worker down that long, a replayed backlog of old
     # messages) is not published: nobody can act on it any more, and a restart must not flood.
     event_max_delay_seconds: float = 86_400.0
+    # Destinations Meta does not deliver marketing templates to (WAGATE_MARKETING_PAUSES).
+    marketing_pauses: tuple[MarketingPause, ...] = DEFAULT_MARKETING_PAUSES
 
     def origin(self, name: str) -> OriginPolicy:
         return self.origins.get(name, ALLOW_ALL)

@@ -62,6 +62,10 @@ class Registry:
     configured_numbers: Mapping[str, str] = field(default_factory=dict)
     # (phone_number_id, identifier) -> canonical identifier, for non-canonical identifiers only.
     aliases: dict[tuple[str, str], str] = field(default_factory=dict)
+    # waba_id -> business portfolio (an account not listed is its own portfolio), and the messaging
+    # limits of portfolios no business_capability_update webhook reaches (WAGATE_MESSAGING_LIMITS).
+    configured_portfolios: Mapping[str, str] = field(default_factory=dict)
+    configured_limits: Mapping[str, int] = field(default_factory=dict)
 
     def learn_contact(self, phone_number_id: str, identifier: str, contact: str) -> None:
         """A wa.contacts record: ``identifier`` shares the window of the contact key ``contact``."""
@@ -92,6 +96,14 @@ class Registry:
 
     def waba_of(self, phone_number_id: str) -> str | None:
         return self.numbers.get(phone_number_id) or self.configured_numbers.get(phone_number_id)
+
+    def portfolio_of_waba(self, waba_id: str) -> str:
+        return self.configured_portfolios.get(waba_id, waba_id)
+
+    def portfolio_of(self, phone_number_id: str) -> str | None:
+        """The business portfolio a number sends for (None: its account is not known yet)."""
+        waba = self.waba_of(phone_number_id)
+        return None if waba is None else self.portfolio_of_waba(waba)
 
     def lookup(self, phone_number_id: str, name: str, language: str) -> TemplateLookup:
         waba = self.waba_of(phone_number_id)

@@ -17,7 +17,9 @@ import orjson
 from pydantic import ValidationError
 
 from streams.models import InboundEvent, TemplateRecord
-from streams.policy.contacts import Alias, Named, canonical_identifier, is_business_scoped
+from streams.policy.contacts import Alias, Named, canonical_identifier
+from streams.policy.keys import is_business_scoped
+from streams.policy.limits import TIERS, parse_messaging_limit
 
 WHATSAPP_OBJECT = "whatsapp_business_account"
 TEMPLATE_FIELDS = frozenset(
@@ -25,6 +27,10 @@ TEMPLATE_FIELDS = frozenset(
 )
 # Change fields that carry user-side events for the window.
 EVENT_FIELDS = frozenset({"messages", "calls", "user_preferences"})
+# Change fields that carry the business portfolio's messaging limit, and its field names (the legacy one
+# until Meta removed it in February 2026).
+CAPABILITY_FIELDS = frozenset({"business_capability_update", "phone_number_quality_update"})
+LIMIT_FIELDS = ("max_daily_conversations_per_business", "max_daily_conversation_per_phone")
 
 
 class InvalidWebhook(ValueError):
@@ -48,6 +54,8 @@ class NormalizedWebhook:
     ignored_fields: list[str] = field(default_factory=list)
     # Items that named one user by two or more identifiers (wa_id, BSUID, parent BSUID): one contact.
     aliases: list[Alias] = field(default_factory=list)
+    # Messaging limits Meta announced: (waba_id, limit as policy.limits keeps it, the webhook's time).
+    capabilities: list[tuple[str, int, float]] = field(default_factory=list)
 
 
 def normalize_webhook(body: bytes, received_at: float) -> NormalizedWebhook:
@@ -88,6 +96,9 @@ def _change(
     value: dict[str, Any] = change["value"]
     if name in TEMPLATE_FIELDS:
         _template(out, where, name, value, waba_id, entry_time or received_at)
+        return
+    if name in CAPABILITY_FIELDS and any(value.get(limit) is not None for limit in LIMIT_FIELDS):
+        _capability(out, where, value, waba_id, entry_time or received_at)
         return
     if name not in EVENT_FIELDS:
         out.ignored_fields.append(str(name))
@@ -354,6 +365,21 @@ def _template(
     except ValidationError as exc:
         error = exc.errors()[0]
         out.problems.append(f"{where}: {'.'.join(str(p) for p in error['loc'])}: {error['msg']}")
+
+
+def _capability(
+    out: NormalizedWebhook, where: str, value: dict[str, Any], waba_id: str | None, at: float
+) -> None:
+    """The portfolio's messaging limit, from the current field when present, else the legacy one."""
+    name = next(limit for limit in LIMIT_FIELDS if value.get(limit) is not None)
+    limit = parse_messaging_limit(value[name])
+    if waba_id is None or limit is None:
+        out.problems.append(
+            f"{where}: a messaging limit needs entry.id and {name} as a number (-1: unlimited) or a "
+            f"tier ({', '.join(TIERS)})"
+        )
+        return
+    out.capabilities.append((waba_id, limit, at))
 
 
 def _errors(raw: Any) -> list[dict[str, Any]]:

@@ -12,13 +12,15 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from streams.dashboard import all_queries
 
 from .conftest import inbound, text_request
 from .harness import ROOT, Gate, free_port
-from .test_contacts import BSUID, v25
+from .test_contacts import BSUID, envelope, v25
+from .test_templates import webhook
 
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 
@@ -109,7 +111,33 @@ def test_every_dashboard_query_returns_series_from_a_real_worker(
     gate.produce(t.webhooks.name, None, v25("incoming.json", pnid, now - 60))
     requests.append((f"{pnid}:{BSUID}", text_request(pnid, BSUID, f"{pnid}-by-bsuid")))
     gate.produce(t.requests.name, *requests[-1])
-    gate.decisions([r["request_id"] for _, r in requests])
+    # Sending limits: a portfolio with a limit (its numbers' account and Meta's webhook), a template to
+    # a user who never wrote (a slot taken), marketing to a US number, Meta's 131049 for another one.
+    waba = f"waba-{pnid}"
+    user_message = orjson.loads(
+        envelope(
+            pnid, {"messages": [{"from": "u7", "id": "wamid.x", "timestamp": str(int(now)), "type": "text"}]}
+        )
+    )
+    user_message["entry"][0]["id"] = waba
+    capability = {"max_daily_conversations_per_business": "TIER_2K"}
+    gate.send_webhooks(
+        [orjson.dumps(user_message), webhook(waba, "business_capability_update", capability, now)]
+    )
+    us = "14155550100"
+    held_back = "14155550101"  # Meta held back marketing to another US number (131049)
+    failed = inbound(
+        pnid, held_back, now, kind="status", type="failed", errors=[{"code": 131049, "title": "x"}]
+    )
+    gate.produce(t.inbound.name, f"{pnid}:{held_back}", failed)
+    template = {"type": "template", "template": {"name": "hello", "language": {"code": "en"}}}
+    requests.append((f"{pnid}:fresh", text_request(pnid, "fresh", f"{pnid}-slot", message=template)))
+    requests.append(
+        (f"{pnid}:{us}", text_request(pnid, us, f"{pnid}-us", message=template, intent="marketing"))
+    )
+    gate.produce_many((t.requests.name, key, value) for key, value in requests[-2:])
+    decided = gate.decisions([r["request_id"] for _, r in requests])
+    assert decided[f"{pnid}-us"][0].value["reason"] == "marketing_unavailable_in_region"
     gate.wait_consumed(t.requests.name)
 
     missing: list[str] = []

@@ -21,11 +21,10 @@ from streams.policy.contacts import (
     Alias,
     canonical_identifier,
     has_window_content,
-    is_business_scoped,
     merge_states,
     point_to,
 )
-from streams.policy.keys import partition_for
+from streams.policy.keys import is_business_scoped, partition_for
 from streams.policy.templates import Registry
 from streams.policy.webhook import normalize_webhook
 from streams.policy.window import ContactState, view, window_report

@@ -129,3 +129,24 @@ def test_a_committed_transaction_is_one_rocksdb_write_batch(tmp_path: Path) -> N
     assert state.pending(1) == 1 and state.get(1, b"b") == b"b2"
     for db in table.dbs.values():
         db.close()
+
+
+def test_an_empty_value_deletes_the_key_pending_committed_and_scanned(tmp_path: Path) -> None:
+    """The gate deletes its own bookkeeping keys (a messaging limit's expired users): a read finds
+    nothing at once, the scan skips them, and the committed write batch deletes them from RocksDB."""
+    table = _RocksTable(tmp_path)
+    state = faust_private.PartitionedState(table, lambda key: 0, deferred=True)
+    state.put(2, b"gone", b"v")
+    state.put(2, b"kept", b"v")
+    state.committed(2, [(b"gone", b"v"), (b"kept", b"v")])
+    state.put(2, b"gone", faust_private.TOMBSTONE)
+    assert state.get(2, b"gone") is None and dict(state.scan(2)) == {b"kept": b"v"}
+    assert table.dbs[2].get(b"gone") == b"v"  # not before its transaction commits
+    state.committed(2, [(b"gone", faust_private.TOMBSTONE)])
+    assert table.dbs[2].get(b"gone") is None and state.pending(2) == 0
+    for db in table.dbs.values():
+        db.close()
+    memory = faust_private.PartitionedState(_MemoryTable(), lambda key: 0)
+    memory.put(0, b"k", b"v")
+    memory.put(0, b"k", faust_private.TOMBSTONE)
+    assert memory.get(0, b"k") is None and dict(memory.scan(0)) == {}

@@ -19,6 +19,7 @@ def test_every_wire_payload_has_a_schema_naming_its_required_fields() -> None:
         f"{n}.schema.json"
         for n in (
             "InboundEvent",
+            "LimitEvent",
             "SendRequest",
             "Decision",
             "WindowEvent",
