@@ -61,6 +61,17 @@ def test_the_quix_peer_names_how_to_get_its_interpreter(tmp_path: Path) -> None:
     assert "make bench" in result.stderr and "WAGATE_BENCH_QUIX_PYTHON" in result.stderr
 
 
+def test_bench_measures_every_system_by_default_and_its_help_names_them() -> None:
+    from streams.bench import SYSTEMS
+
+    result = wagate("bench", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert all(system in text for system in SYSTEMS), text
+    result = wagate("bench", "--systems", "gate,nonsense")
+    assert result.returncode != 0 and "nonsense" in result.stderr and "gate_limited" in result.stderr
+
+
 def test_the_webhook_receiver_refuses_to_start_without_the_app_secret() -> None:
     result = wagate("webhook", WAGATE_WEBHOOK_APP_SECRET="")
     assert result.returncode != 0
