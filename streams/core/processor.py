@@ -50,13 +50,13 @@ from streams.policy.decide import decide, decide_invalid
 from streams.policy.deliverability import paused_marketing
 from streams.policy.keys import contact_key, is_business_scoped, partition_for, request_contact_key
 from streams.policy.limits import (
-    BUCKET_SECONDS,
     PortfolioState,
     apply_capability,
     business_initiated,
     describe_limit,
     effective_limit,
     is_limited,
+    minute_of,
     reserve,
     used,
 )
@@ -170,16 +170,19 @@ def _sign(key: bytes, value: bytes) -> bytes:
     return hmac.new(key, value, hashlib.sha256).hexdigest().encode()
 
 
+def _business_initiated(decision: Decision) -> bool:
+    message_type = decision.message.get("type") if decision.message else None
+    return business_initiated(
+        decision.route, message_type, decision.window.state, decision.recipient_type or ""
+    )
+
+
 def _reached_key(portfolio: str, user: str) -> bytes:
     return REACHED_PREFIX + portfolio.encode() + b"\x00" + user.encode()
 
 
 def _minute_key(portfolio: str, minute: int, chunk: int) -> bytes:
     return MINUTE_PREFIX + portfolio.encode() + b"\x00" + f"{minute}:{chunk}".encode()
-
-
-def _minute_of(at: float) -> int:
-    return int(at // BUCKET_SECONDS)
 
 
 @dataclass(slots=True)
@@ -273,9 +276,7 @@ class Processor:
         return ContactState.from_bytes(self.state.get(partition, key.encode()))
 
     def store(self, key: str, state: ContactState, partition: int, out: list[Output]) -> None:
-        raw_key, value = key.encode(), state.to_bytes()
-        self.state.put(partition, raw_key, value)
-        out.append(Output(self._changelog, raw_key, value, partition))
+        self._put(key.encode(), state.to_bytes(), partition, out)
 
     def _put(self, raw_key: bytes, value: bytes, partition: int, out: list[Output]) -> None:
         self.state.put(partition, raw_key, value)
@@ -353,7 +354,7 @@ class Processor:
                 except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                     reach = None
                     self._delete(key, partition, out)
-                if reach is not None and _minute_of(reach.at) == minute:
+                if reach is not None and minute_of(reach.at) == minute:
                     self._delete(key, partition, out)
             self._delete(_minute_key(portfolio, minute, chunk), partition, out)
             sweep[0] = [minute, chunk + 1]
@@ -629,16 +630,13 @@ class Processor:
     def _limited_portfolio(self, decision: Decision, pnid: str, partition: int) -> str | None:
         """The portfolio whose limit this decision must fit, or None (not business-initiated, no
         known finite limit). Every partition holds each portfolio's limit (capability events)."""
-        message_type = decision.message.get("type") if decision.message else None
-        if not business_initiated(
-            decision.route, message_type, decision.window.state, decision.recipient_type or ""
-        ):
+        if not _business_initiated(decision):
             return None
         portfolio = self.registry.portfolio_of(pnid)
         if portfolio is None:
             return None
         state = self.load_portfolio(portfolio, partition)
-        if not is_limited(effective_limit(state, self.registry.configured_limits.get(portfolio))):
+        if not is_limited(self._limit_of(portfolio, state)):
             return None
         return portfolio
 
@@ -679,7 +677,7 @@ class Processor:
             request=received if size <= MAX_ECHO_BYTES else None,
             not_after=not_after,
         )
-        out.append(self._limit_output(ask, partition_for(limits_key(portfolio), self.partitions)))
+        out.append(self._limit_output(ask, self._home(portfolio)))
 
     def _announce_limit(self, waba: str, limit: int, at: float, timestamp_ms: int, out: list[Output]) -> None:
         """Meta's limit for a portfolio goes to every partition: each one decides which requests need a
@@ -715,10 +713,7 @@ class Processor:
             return
         decision, user = event.decision, event.user
         assert decision is not None and user is not None  # the model requires them for this type
-        message_type = decision.message.get("type") if decision.message else None
-        if decision.contact is None or not business_initiated(
-            decision.route, message_type, decision.window.state, decision.recipient_type or ""
-        ):
+        if decision.contact is None or not _business_initiated(decision):
             error = "limit event: its decision is not a business-initiated template with a contact"
             self.dead_letter(record, error, "invalid_inbound", out)
             return
@@ -741,7 +736,7 @@ class Processor:
             self._publish_instead(decision, event, "stale_request", detail, now, out)
             return
         state = self.load_portfolio(event.portfolio, partition)
-        limit = effective_limit(state, self.registry.configured_limits.get(event.portfolio))
+        limit = self._limit_of(event.portfolio, state)
         outcome = reserve(state, limit, None if reach is None else reach.at, now)
         # Reads and deletions first, the portfolio's new state last: an error on the way (the record is
         # then dead-lettered) leaves the count as it was.
@@ -758,7 +753,6 @@ class Processor:
             if outcome.filed_in is not None:
                 self._file(event.portfolio, partition, outcome.filed_in, user)
         self._store_portfolio(event.portfolio, partition, new_state)
-        contact = decision.contact
         if outcome.granted:
             self.metrics.limit_reservations.inc("new_user" if outcome.counted else "known_user")
             self.publish(decision, contact.encode(), partition_for(contact, self.partitions), out)
@@ -799,6 +793,9 @@ class Processor:
         contact = decision.contact
         self.publish(rejection, contact.encode(), partition_for(contact, self.partitions), out)
 
+    def _limit_of(self, portfolio: str, state: PortfolioState) -> int | None:
+        return effective_limit(state, self.registry.configured_limits.get(portfolio))
+
     def _home(self, portfolio: str) -> int:
         return partition_for(limits_key(portfolio), self.partitions)
 
@@ -825,7 +822,7 @@ class Processor:
         for (partition, portfolio), state in list(self._portfolio_states.items()):
             if partition != self._home(portfolio):
                 continue
-            limit = effective_limit(state, self.registry.configured_limits.get(portfolio))
+            limit = self._limit_of(portfolio, state)
             if limit is None and not state.buckets:
                 continue  # nothing known, nothing counted
             usage.append((portfolio, -1 if limit is None else limit, used(state, now)))

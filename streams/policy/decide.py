@@ -148,6 +148,8 @@ class _Ask:
     ) -> Decision:
         """A send or template decision carrying the complete Cloud API body built from ``message``
         (addressed to ``to`` instead of the request's own 'to' when given)."""
+        if to is not None:
+            detail += " Sent to the contact's phone number: Meta sends this template to no BSUID."
         return _decision(
             self.request,
             self.received,
@@ -253,8 +255,6 @@ def _template_message(ask: _Ask) -> Decision:
         detail = (
             f"Template '{name}' ({code}) is sent unverified: account {account} has no registered templates."
         )
-    if to is not None:
-        detail += " Sent to the contact's phone number: Meta sends this template to no BSUID."
     return ask.accept("send", reason, detail, received["message"], ask.template_price(category), to)
 
 
@@ -311,13 +311,10 @@ def _free_form(ask: _Ask) -> Decision:
     to = ask.address(lookup)
     if isinstance(to, Decision):
         return to
-    detail += f" Sending fallback template '{fallback.name}' ({fallback.language.code}) instead."
-    if to is not None:
-        detail += " Sent to the contact's phone number: Meta sends this template to no BSUID."
     return ask.accept(
         "template",
         reason,
-        detail,
+        detail + f" Sending fallback template '{fallback.name}' ({fallback.language.code}) instead.",
         {"type": "template", "template": received["fallback_template"]},
         ask.template_price(category),
         to,

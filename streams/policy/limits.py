@@ -67,7 +67,8 @@ def describe_limit(limit: int | None) -> str:
     return "unlimited" if limit < 0 else str(limit)
 
 
-def _bucket(at: float) -> int:
+def minute_of(at: float) -> int:
+    """The minute of the count ``at`` falls in (the gate files each reached user under it)."""
     return math.floor(at / BUCKET_SECONDS)
 
 
@@ -167,7 +168,7 @@ def reserve(state: PortfolioState, limit: int | None, reached_at: float | None, 
         return result(True, reached_at, False)
     # The minute the user was last counted in, while it still counts (past their 24 h it may, for up
     # to a minute): the user moves out of it, so nobody is counted twice.
-    old_bucket = None if reached_at is None else _bucket(reached_at)
+    old_bucket = None if reached_at is None else minute_of(reached_at)
     if old_bucket is not None and buckets.get(old_bucket, 0) == 0:
         old_bucket = None
     others = sum(buckets.values()) - (1 if old_bucket is not None else 0)
@@ -175,7 +176,7 @@ def reserve(state: PortfolioState, limit: int | None, reached_at: float | None, 
         counted = [b for b, c in buckets.items() if c > 0]
         free_at = (min(counted) + 1) * BUCKET_SECONDS + DAY_SECONDS if counted else None
         return result(False, reached_at, False, free_at)
-    new_bucket = _bucket(now)
+    new_bucket = minute_of(now)
     if old_bucket is not None:
         buckets[old_bucket] -= 1
     buckets[new_bucket] = buckets.get(new_bucket, 0) + 1
