@@ -277,6 +277,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             contacts=args.contacts,
             out=args.out,
             systems=systems,
+            warmup=args.warmup,
         )
     )
 
@@ -389,6 +390,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated subset to measure, of reference, quix, quix_at_least_once, gate, "
         "gate_at_least_once, gate_unordered, gate_garbage, gate_limited (default: all; ratios are "
         "printed only for all of them; a subset is for profiling one system, e.g. --systems gate)",
+    )
+    bench.add_argument(
+        "--warmup",
+        type=int,
+        default=20_000,
+        metavar="REQUESTS",
+        help="first run the default gate on a workload of this many requests of its own, then 40 s of "
+        "paced requests, reported as broker_warmup and compared with nothing: a freshly started "
+        "broker's JVM compiles its code under that load, not under the systems measured (default "
+        "20000; 0: no warm-up)",
     )
     bench.set_defaults(func=cmd_bench)
 

@@ -14,17 +14,21 @@ aborts the previous owner's open transaction, or waits for it to complete, so th
 match the outputs that are visible.
 
 A lane runs its transactions in order; what the pipeline submits meanwhile goes into the next one (so
-throughput does not depend on the transaction round trips, only latency does). With two transactions
-in flight (the default) a lane has a second producer, ``<app id>-p<p>-b``, and the producers take
-turns: transaction k+1 begins once every record of transaction k is acknowledged (its records then
-follow k's in every partition: a contact's decisions and state writes keep their order) and while k
-commits, and it commits only after k has: a failed k never lets k+1 commit. Its offset commit is
-appended to ``__consumer_offsets`` after k's, and the group coordinator keeps the offset appended last
-whatever order the two commit markers land in (Kafka >= 3.8, KAFKA-14505; the old coordinator
-compares the same way), so the committed offset never goes back. A transaction's protocol is four
-round trips in a row (AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit, EndTxn) and, on the same
-transactional id, the next one cannot start until the coordinator has written the previous one's
-markers: on a replicated cluster that wait is as long as the transaction itself.
+throughput does not depend on the transaction round trips, only latency does). A lane has two
+producers, ``<app id>-p<p>`` and ``<app id>-p<p>-b``, taking turns: on one transactional id the next
+transaction cannot start until the coordinator has written the previous one's commit markers (it
+answers CONCURRENT_TRANSACTIONS meanwhile; on a replicated cluster that wait is as long as the
+transaction itself), on the other id it starts at once. By default (one in flight) transaction k+1
+begins when k has committed. With two in flight it begins as soon as every record of k is
+acknowledged (its records then follow k's in every partition: a contact's decisions and state writes
+keep their order), while k commits, and it commits only after k has: a failed k never lets k+1
+commit. Either way its offset commit is appended to ``__consumer_offsets`` after k's, and the group
+coordinator keeps the offset appended last whatever order the two commit markers land in (Kafka >=
+3.8, KAFKA-14505; the old coordinator compares the same way), so the committed offset never goes
+back. A transaction's protocol is four round trips in a row (AddPartitionsToTxn, AddOffsetsToTxn,
+TxnOffsetCommit, EndTxn), and each costs the coordinators appends and markers: on a broker short of
+CPU, the overlap's smaller and more frequent transactions made every round trip slower and the p99 of
+a decision worse (docs/performance.md), so one at a time is the default.
 
 A lane lives exactly as long as the worker owns its partition, and its life is ordered (the consumer
 calls these, ``streams.faust_private``): ``prepare`` fences the previous owner before the table's
@@ -115,8 +119,8 @@ class _Lane:
     commits: list[asyncio.Task[None] | None] = field(default_factory=list)  # each producer's last commit
     lost: bool = False
     opened: AIOKafkaProducer | None = None  # begun when the lane failed: to abort before stopping
-    turns: int = 2  # how many of the producers take turns (the others are only fenced)
     turn: int = 0  # whose turn is next: kept across runs, so every id is used and stays alive
+    last_sent: list[Sent] = field(default_factory=list)  # what the last transaction begun wrote
 
     def __post_init__(self) -> None:
         self.commits = [None] * len(self.producers)
@@ -137,11 +141,12 @@ class PartitionTransactions:
         on_commit: OnCommitted | None = None,
         on_lost: Callable[[int, BaseException], None] | None = None,
         offsets_metadata: Callable[[list[Sent]], Awaitable[str]] | None = None,
-        in_flight: int = 2,
+        in_flight: int = 1,
     ) -> None:
         if in_flight not in (1, 2):
             raise ValueError(f"in_flight must be 1 or 2, not {in_flight}")
         self.in_flight = in_flight
+        self.overlap = in_flight == 2  # the next transaction begins before the previous one commits
         self.prefix = transactional_id_prefix
         self.group_id = group_id
         self.new_producer = new_producer
@@ -158,7 +163,7 @@ class PartitionTransactions:
         tune_transactions()
 
     def transactional_id(self, partition: int, turn: int = 0) -> str:
-        """The first is the id every version of the gate used; the second is the overlap's own."""
+        """The first is the id every version of the gate used; the second takes turns with it."""
         return f"{self.prefix}-p{partition}" + ("" if turn == 0 else "-b")
 
     def transactional_ids(self, partition: int) -> list[str]:
@@ -196,7 +201,7 @@ class PartitionTransactions:
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         for partition, group in producers.items():
             if failure is None:
-                self.lanes[partition] = _Lane(partition, group, turns=self.in_flight)
+                self.lanes[partition] = _Lane(partition, group)
             else:  # all or none: the assignment is not usable with a partition missing
                 await asyncio.gather(*(_stop_quietly(producer) for producer in group))
         if failure is not None:
@@ -309,8 +314,8 @@ class PartitionTransactions:
                     finally:
                         woken.cancel()
                     continue  # (a failed commit raises below, or above when nothing is pending)
-                if previous is not None and previous.done():
-                    previous.result()  # failed: nothing more begins (raises why)
+                if previous is not None and (previous.done() or not self.overlap):
+                    await previous  # one at a time: the previous one has committed (or this raises why not)
                 turn = lane.turn
                 producer = lane.producers[turn]
                 last = lane.commits[turn]
@@ -323,7 +328,12 @@ class PartitionTransactions:
                 await producer.begin_transaction()
                 sent = await self.send_outputs(producer, outputs)
                 if offsets:
-                    metadata = await self.offsets_metadata(sent) if self.offsets_metadata else ""
+                    # What the previous transaction wrote too: it ran on the other id, so its markers may
+                    # still be being written when this one's offsets become visible (the one before it
+                    # ran on this id: the coordinator has written its markers before taking this one).
+                    metadata = (
+                        await self.offsets_metadata(lane.last_sent + sent) if self.offsets_metadata else ""
+                    )
                     committed = {tp: OffsetAndMetadata(offset, metadata) for tp, offset in offsets.items()}
                     await producer.send_offsets_to_transaction(committed, self.group_id)
                 # aiokafka commits a transaction whose batches failed without them: every batch must be
@@ -335,7 +345,11 @@ class PartitionTransactions:
                     name=f"wagate-txn-p{lane.partition}-commit",
                 )
                 opened = None
-                lane.turn = (turn + 1) % lane.turns
+                lane.last_sent = sent
+                lane.turn = (turn + 1) % len(lane.producers)
+        except asyncio.CancelledError:  # given up by a revocation: the open one is aborted at retirement
+            lane.opened = opened
+            raise
         except Exception as exc:
             _abandon(lane)  # a commit still running ends on its own; the failure reported is this one
             # Best effort: a transaction that will never commit is aborted rather than pin the last

@@ -303,23 +303,45 @@ def test_a_fenced_commit_keeps_the_transaction_after_it_from_committing() -> Non
     asyncio.run(go())
 
 
-def test_one_in_flight_keeps_one_transactional_id_and_one_transaction_at_a_time() -> None:
+def test_one_in_flight_begins_after_the_commit_on_the_other_transactional_id() -> None:
     async def go() -> None:
         turns, committed, lost = _Turns(), list[int](), list[int]()
         txns = _lanes_over(turns, 1, committed, lost)
         await txns.prepare([0])
-        # Both ids are fenced (a previous owner may have had two in flight); one takes the turns.
-        assert sorted(turns.producers) == ["app-p0", "app-p0-b"]
+        assert sorted(turns.producers) == ["app-p0", "app-p0-b"]  # both fenced before offsets are read
         txns.submit(0, [], {INPUT: 5})
         await _settle()
         txns.submit(0, [], {INPUT: 9})
+        txns.submit(0, [], {INPUT: 12})
         await _settle()
+        # One at a time: the work that came meanwhile waits for the commit, in one transaction.
         assert turns.log == [("begin", "app-p0"), ("commit-start", "app-p0")]
         turns.release(0)
+        await _settle()
+        # The next one is on the other id: the coordinator may still be writing the first one's
+        # markers, which holds up only a transaction of the same id (CONCURRENT_TRANSACTIONS).
+        assert turns.log[2:] == [("commit", "app-p0"), ("begin", "app-p0-b"), ("commit-start", "app-p0-b")]
         turns.release(1)
         await asyncio.wait_for(txns.flush(), 5)
-        assert committed == [5, 9]
+        assert committed == [5, 12]
+        assert lost == []
+
+    asyncio.run(go())
+
+
+def test_one_in_flight_begins_nothing_after_a_failed_commit() -> None:
+    async def go() -> None:
+        turns, committed, lost = _Turns(fail_commit=0), list[int](), list[int]()
+        txns = _lanes_over(turns, 1, committed, lost)
+        await txns.prepare([0])
+        txns.submit(0, [], {INPUT: 5})
+        await _settle()
+        txns.submit(0, [], {INPUT: 9})  # waits for the commit, which is fenced
+        await _settle()
+        turns.release(0)
+        await asyncio.wait_for(txns.flush(), 5)
         assert ("begin", "app-p0-b") not in turns.log
+        assert committed == [] and lost == [0] and 0 not in txns.lanes
 
     asyncio.run(go())
 
@@ -368,6 +390,66 @@ def test_revocation_during_an_overlap_commits_both_in_order_then_stops_both_prod
         turns.release(1)
         await asyncio.wait_for(closing, 5)
         assert committed == [5, 9] and txns.discarded == 1
+        assert all(producer.stopped for producer in turns.producers.values())
+
+    asyncio.run(go())
+
+
+def test_the_offsets_metadata_names_what_the_previous_transaction_wrote_too() -> None:
+    """Another worker's ordering barrier reads a transaction's offset-commit metadata (where the gate's
+    wa.inbound writes end). The previous transaction ran on the other transactional id, so its commit
+    markers may still be on their way when this one's offsets are visible: its writes must be named."""
+
+    async def go() -> None:
+        turns = _Turns()
+        given: list[list[str]] = []
+
+        async def send_outputs(_: Any, outputs: list[Output]) -> list[Sent]:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return [Sent(output.topic, 1, done) for output in outputs]
+
+        async def metadata(sent: list[Sent]) -> str:
+            given.append([item.topic for item in sent])
+            return ""
+
+        txns = PartitionTransactions(
+            "app", "app", turns.new, send_outputs, lambda exc: None, offsets_metadata=metadata
+        )
+        await txns.prepare([0])
+        txns.submit(0, [Output("first", b"k", b"v")], {INPUT: 5})
+        await _settle()
+        turns.release(0)
+        await _settle()
+        txns.submit(0, [Output("second", b"k", b"v")], {INPUT: 9})
+        await _settle()
+        turns.release(1)
+        await asyncio.wait_for(txns.flush(), 5)
+        assert given == [["first"], ["first", "second"]]
+
+    asyncio.run(go())
+
+
+def test_a_revocation_that_gives_up_aborts_the_transaction_it_left_open(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(transactions, "CLOSE_TIMEOUT_SECONDS", 0.2)
+
+    async def go() -> None:
+        turns = _Turns()
+        stuck = asyncio.Event()
+
+        async def send_outputs(_: Any, outputs: list[Output]) -> list[Sent]:
+            await stuck.wait()  # its records are never acknowledged
+            return []
+
+        txns = PartitionTransactions("app", "app", turns.new, send_outputs, lambda exc: None)
+        await txns.prepare([0])
+        txns.submit(0, [Output("t", b"k", b"v")], {INPUT: 5})
+        await _settle()
+        await txns.close([0])  # gives up after the deadline, cancelling the run mid-transaction
+        await _settle()
+        assert ("abort", "app-p0") in turns.log  # not left open to hold back read_committed readers
         assert all(producer.stopped for producer in turns.producers.values())
 
     asyncio.run(go())
