@@ -263,7 +263,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from streams.bench import SYSTEMS, run_bench
+    from streams.bench import SYSTEMS, WARMUP_REQUESTS, run_bench
 
     systems = tuple(args.systems.split(",")) if args.systems else tuple(SYSTEMS)
     unknown = set(systems) - set(SYSTEMS)
@@ -277,7 +277,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             contacts=args.contacts,
             out=args.out,
             systems=systems,
-            warmup=args.warmup,
+            warmup=WARMUP_REQUESTS if args.warmup is None else args.warmup,
         )
     )
 
@@ -394,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--warmup",
         type=int,
-        default=20_000,
+        default=None,  # streams.bench.WARMUP_REQUESTS (not imported to build the parser)
         metavar="REQUESTS",
         help="first run the default gate on a workload of this many requests of its own, then 40 s of "
         "paced requests, reported as broker_warmup and compared with nothing: a freshly started "

@@ -145,7 +145,6 @@ class PartitionTransactions:
     ) -> None:
         if in_flight not in (1, 2):
             raise ValueError(f"in_flight must be 1 or 2, not {in_flight}")
-        self.in_flight = in_flight
         self.overlap = in_flight == 2  # the next transaction begins before the previous one commits
         self.prefix = transactional_id_prefix
         self.group_id = group_id

@@ -62,12 +62,13 @@ def test_the_quix_peer_names_how_to_get_its_interpreter(tmp_path: Path) -> None:
 
 
 def test_bench_measures_every_system_by_default_and_its_help_names_them() -> None:
-    from streams.bench import SYSTEMS
+    from streams.bench import SYSTEMS, WARMUP_REQUESTS
 
     result = wagate("bench", "--help")
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     assert all(system in text for system in SYSTEMS), text
+    assert f"(default {WARMUP_REQUESTS};" in text, text  # the help states the default run_bench uses
     result = wagate("bench", "--systems", "gate,nonsense")
     assert result.returncode != 0 and "nonsense" in result.stderr and "gate_limited" in result.stderr
 
